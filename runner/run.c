@@ -1,0 +1,899 @@
+/*
+ * run.c - `nbbatch run`: drain the queue with many requests in flight.
+ *
+ * One thread owns the network (libcurl multi) and the database; a few
+ * decode workers (decode.c) classify answers and write images.  A job's
+ * life in a run:
+ *
+ *   claim (lease) -> preflight -> request in flight -> decode -> finish
+ *
+ * Preflight makes a crash harmless: an image already on disk that carries
+ * the job's id means an earlier run wrote it and died before recording it,
+ * so the job is marked done without paying for it again; a temporary file
+ * left by a crash is removed.  Leases are renewed while the run lives, and
+ * a run reclaims the jobs of runs that died.  Every outcome is recorded by
+ * queue_finish() in one transaction with its attempt row.
+ *
+ * Stopping: the first SIGINT/SIGTERM stops dispatching and lets requests in
+ * flight finish for a grace period; the second (or the end of the grace
+ * period) aborts them and releases their jobs.  A fatal answer (bad key,
+ * unknown model, region, per-day quota) stops the run at once and
+ * releases every job: nothing is lost, nothing is counted against a job.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "jobs/answer.h"
+#include "jobs/image.h"
+#include "jobs/models.h"
+#include "jobs/promptfile.h"
+#include "jobs/request.h"
+#include "queue/nberr.h"
+#include "queue/queue.h"
+#include "runner/advice.h"
+#include "runner/apikey.h"
+#include "runner/cli.h"
+#include "runner/decode.h"
+#include "runner/http.h"
+#include "runner/log.h"
+#include "runner/owner.h"
+#include "runner/progress.h"
+
+#define LEASE_MS          (120 * 1000)
+#define RENEW_EVERY_MS    (30 * 1000)
+#define CLAIM_CHUNK       64
+#define IDLE_RECHECK_MS   1000
+#define FAR_FUTURE_MS     (5 * 60 * 1000)
+#define BACKOFF_BASE_MS   1000
+#define BACKOFF_CAP_MS    (60 * 1000)
+
+/* Limits per class of failure before a job fails for good. */
+#define MAX_TRANSIENT     10
+#define MAX_SOFT          3
+#define MAX_ATTEMPTS      25
+
+struct run_opts {
+    const char *db;
+    const char *batch;
+    const char *key_file;
+    int workers;
+    int64_t max_jobs;           /* 0: no limit */
+    int64_t until_ms;           /* 0: none */
+    int64_t timeout_ms;         /* per request, 1K/2K; 4K gets twice */
+    int64_t grace_ms;
+    int json;
+    int wait;                   /* sleep for far-future jobs */
+    int decoders;
+};
+
+/* One job in flight. */
+struct slot {
+    struct decode_task task;    /* first: decode_task.user points here */
+    struct queue_job *job;
+    struct answer *answer;
+    struct http_xfer *xfer;
+    int64_t started_ms;
+    int64_t started_mono;
+    struct slot *prev, *next;   /* the run's list of live slots */
+};
+
+struct run {
+    struct run_opts opt;
+    struct queue *q;
+    struct http *http;
+    struct decode_pool *pool;
+    struct progress *progress;
+    char owner[320];
+    struct slot *slots;         /* in flight or decoding */
+    int nslots;
+    int64_t dispatched;
+    int64_t done;
+    int64_t failed;
+    int64_t next_claim_mono;
+    int64_t next_renew_mono;
+    int64_t next_totals_mono;
+    int stop_dispatch;
+    int fatal_status;           /* exit status of a fatal stop, or 0 */
+    int64_t grace_deadline;     /* mono ms; 0: none */
+    int idle_exit;              /* nothing due for a long time */
+    unsigned long long rng;
+};
+
+static volatile sig_atomic_t signal_count;
+static volatile sig_atomic_t last_signal;
+
+static void
+on_signal(int sig)
+{
+    last_signal = sig;
+    signal_count++;
+}
+
+static void
+install_signals(void)
+{
+    struct sigaction sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* xorshift64*: enough for jitter, seeded per process. */
+static uint64_t
+rng_next(struct run *r)
+{
+    r->rng ^= r->rng >> 12;
+    r->rng ^= r->rng << 25;
+    r->rng ^= r->rng >> 27;
+    return r->rng * 2685821657736338717ULL;
+}
+
+/* Full jitter: random(0, min(cap, base * 2^(n-1))). */
+static int64_t
+backoff_ms(struct run *r, int n)
+{
+    int64_t ceiling = BACKOFF_BASE_MS;
+
+    for (int i = 1; i < n && ceiling < BACKOFF_CAP_MS; i++)
+        ceiling *= 2;
+    if (ceiling > BACKOFF_CAP_MS)
+        ceiling = BACKOFF_CAP_MS;
+    return (int64_t)(rng_next(r) % (uint64_t)(ceiling + 1));
+}
+
+static int
+mkdir_p(const char *dir)
+{
+    char path[4096];
+    size_t len = strlen(dir);
+
+    if (len == 0 || len >= sizeof(path))
+        return -1;
+    memcpy(path, dir, len + 1);
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    if (mkdir(path, 0755) != 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+/* The folder part of path into dir. */
+static void
+dir_of(const char *path, char *dir, size_t len)
+{
+    const char *slash = strrchr(path, '/');
+    size_t n = slash != NULL ? (size_t)(slash - path) : 0;
+
+    if (n >= len)
+        n = len - 1;
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+    if (n == 0)
+        snprintf(dir, len, "/");
+}
+
+static void
+slot_link(struct run *r, struct slot *s)
+{
+    s->prev = NULL;
+    s->next = r->slots;
+    if (r->slots != NULL)
+        r->slots->prev = s;
+    r->slots = s;
+    r->nslots++;
+}
+
+static void
+slot_free(struct run *r, struct slot *s)
+{
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        r->slots = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    r->nslots--;
+    answer_free(s->answer);
+    queue_job_free(s->job);
+    free(s);
+}
+
+/* Records a and reports lease loss (a cancel or a reclaim won). */
+static void
+finish(struct run *r, struct queue_job *job, struct queue_attempt *a)
+{
+    int rc = queue_finish(r->q, job->id, r->owner, a);
+
+    if (rc == NB_ELEASE)
+        log_warn("job %lld: no longer ours (cancelled or reclaimed); "
+                 "result dropped", (long long)job->id);
+    else if (rc != 0)
+        log_error("job %lld: cannot record the outcome: %s",
+                  (long long)job->id, queue_errmsg(r->q));
+}
+
+static void
+release_job(struct run *r, struct queue_job *job, const char *why)
+{
+    struct queue_attempt a = {
+        .outcome = QUEUE_OUT_RELEASE,
+        .err_class = "interrupted",
+        .message = why,
+        .started_ms = cli_now_ms(),
+    };
+
+    finish(r, job, &a);
+}
+
+static void
+block_job(struct run *r, struct queue_job *job, const char *why)
+{
+    struct queue_attempt a = {
+        .outcome = QUEUE_OUT_BLOCKED,
+        .err_class = "permanent",
+        .message = why,
+        .started_ms = cli_now_ms(),
+    };
+
+    finish(r, job, &a);
+    r->failed++;
+    progress_failed(r->progress, job->id, "blocked", "permanent", 0, why);
+}
+
+/*
+ * Before paying for a request: is the image already on disk?  Returns 1
+ * when the job needs no request (done or blocked here), 0 to send it.
+ */
+static int
+preflight(struct run *r, struct queue_job *job)
+{
+    struct stat st;
+    int64_t owner_id = 0;
+    char msg[512];
+    int rc;
+
+    image_remove_tmp(job->out_path, job->id);
+    if (stat(job->out_path, &st) != 0)
+        return 0;
+    rc = image_job_id(job->out_path, &owner_id);
+    if (rc == 0 && owner_id == job->id) {
+        if (queue_mark_done(r->q, job->id, job->out_path, cli_now_ms()) == 0) {
+            r->done++;
+            progress_done(r->progress, job->id, job->out_path, 0, 1);
+        }
+        return 1;
+    }
+    snprintf(msg, sizeof(msg), "%s already exists and was not written by "
+             "this job; move it away, then `nbbatch retry %lld`",
+             job->out_path, (long long)job->id);
+    block_job(r, job, msg);
+    return 1;
+}
+
+static int
+on_body(const void *data, size_t len, void *user)
+{
+    struct slot *s = user;
+
+    return answer_feed(s->answer, data, len) != 0;
+}
+
+static int64_t
+timeout_for(const struct run *r, const struct queue_job *job)
+{
+    if (job->size != NULL && strcmp(job->size, "4K") == 0)
+        return r->opt.timeout_ms * 2;
+    return r->opt.timeout_ms;
+}
+
+/* Sends job's request; the slot owns job from here on. */
+static void
+dispatch(struct run *r, struct queue_job *job)
+{
+    const char *paths[PROMPTFILE_MAX_IMAGES], *shas[PROMPTFILE_MAX_IMAGES];
+    struct request_spec spec = {
+        .prompt = job->prompt, .model = job->model,
+        .aspect = job->aspect, .size = job->size,
+        .n_refs = job->n_refs, .ref_paths = paths, .ref_sha256 = shas,
+    };
+    const struct model_info *m = models_find(job->model);
+    struct http_request req = {.method = "POST"};
+    char path[256], dir[4096], err[512];
+    struct slot *s;
+    int rc;
+
+    if (m != NULL && !m->send_size)
+        spec.size = NULL;
+    for (size_t i = 0; i < job->n_refs && i < PROMPTFILE_MAX_IMAGES; i++) {
+        paths[i] = job->refs[i].path;
+        shas[i] = job->refs[i].sha256_hex;
+    }
+    rc = request_build(&spec, &req.body, &req.body_len, err, sizeof(err));
+    if (rc != 0) {
+        block_job(r, job, err);
+        queue_job_free(job);
+        return;
+    }
+    dir_of(job->out_path, dir, sizeof(dir));
+    if (mkdir_p(dir) != 0) {
+        snprintf(err, sizeof(err), "cannot create %s: %s", dir,
+                 strerror(errno));
+        free(req.body);
+        release_job(r, job, err);
+        queue_job_free(job);
+        r->fatal_status = EXIT_IOERR;
+        progress_stop(r->progress, err);
+        return;
+    }
+    s = calloc(1, sizeof(*s));
+    if (s != NULL)
+        s->answer = answer_new(dir);
+    if (s == NULL || s->answer == NULL) {
+        free(req.body);
+        free(s);
+        release_job(r, job, "out of memory");
+        queue_job_free(job);
+        r->fatal_status = EXIT_SOFTWARE;
+        return;
+    }
+    s->job = job;
+    s->task.user = s;
+    s->started_ms = cli_now_ms();
+    s->started_mono = cli_mono_ms();
+    snprintf(path, sizeof(path), "/v1beta/models/%s:generateContent",
+             job->model);
+    req.path = path;
+    req.timeout_ms = timeout_for(r, job);
+    req.on_body = on_body;
+    req.user = s;
+    log_debug("job %lld: POST %s (%zu bytes, attempt %d)",
+              (long long)job->id, path, req.body_len, job->attempts + 1);
+    rc = http_start(r->http, &req, &s->xfer);
+    slot_link(r, s);
+    if (rc != 0) {
+        release_job(r, job, "cannot start the request");
+        slot_free(r, s);
+        return;
+    }
+    r->dispatched++;
+}
+
+static int
+dispatch_room(const struct run *r)
+{
+    int room = r->opt.workers - r->nslots;
+
+    if (r->opt.max_jobs > 0 && r->opt.max_jobs - r->dispatched < room)
+        room = (int)(r->opt.max_jobs - r->dispatched);
+    return room > CLAIM_CHUNK ? CLAIM_CHUNK : room;
+}
+
+static void
+claim_and_dispatch(struct run *r, int64_t mono)
+{
+    struct queue_filter filter = {.batch = r->opt.batch, .via = "direct"};
+    struct queue_job **jobs = NULL;
+    size_t n = 0;
+    int room = dispatch_room(r);
+    int64_t now = cli_now_ms(), due = 0;
+
+    if (room <= 0 || mono < r->next_claim_mono)
+        return;
+    if (queue_claim(r->q, r->owner, now, LEASE_MS, &filter, (size_t)room,
+                    &jobs, &n) != 0) {
+        log_error("cannot claim jobs: %s", queue_errmsg(r->q));
+        r->next_claim_mono = mono + IDLE_RECHECK_MS;
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (preflight(r, jobs[i]))
+            queue_job_free(jobs[i]);
+        else
+            dispatch(r, jobs[i]);
+    }
+    free(jobs);
+    if (n == (size_t)room)
+        return;     /* maybe more: claim again on the next turn */
+    if (queue_next_due(r->q, &filter, &due) != 0 || due == 0) {
+        r->next_claim_mono = mono + IDLE_RECHECK_MS;
+        return;
+    }
+    /* Sleep until the next job is due, but look for new work each
+     * second (`nbbatch add` may run meanwhile). */
+    r->next_claim_mono = mono + (due - now < IDLE_RECHECK_MS ?
+                                 (due > now ? due - now : 0) :
+                                 IDLE_RECHECK_MS);
+    if (due - now > FAR_FUTURE_MS && !r->opt.wait && r->nslots == 0)
+        r->idle_exit = 1;
+}
+
+static void
+on_transfer_done(void *user, const struct http_result *res, void *arg)
+{
+    struct slot *s = user;
+    struct run *r = arg;
+    struct decode_task *t = &s->task;
+
+    s->xfer = NULL;
+    t->answer = s->answer;
+    t->job = s->job;
+    t->http_status = res->http_status;
+    t->transport_error = res->transport_error;
+    snprintf(t->transport_msg, sizeof(t->transport_msg), "%s", res->error);
+    snprintf(t->retry_after, sizeof(t->retry_after), "%s",
+             res->retry_after);
+    log_debug("job %lld: HTTP %d, %lld bytes in %.2f s%s%s",
+              (long long)s->job->id, res->http_status,
+              (long long)res->body_bytes, res->total_s,
+              res->transport_error ? ", " : "", res->error);
+    decode_pool_submit(r->pool, t);
+}
+
+static void
+fill_usage(struct queue_attempt *a, const struct answer_result *res,
+           const struct queue_job *job)
+{
+    a->http_status = res->http_status;
+    a->api_status = res->api_status[0] ? res->api_status : NULL;
+    a->message = res->message[0] ? res->message : NULL;
+    a->response_id = res->response_id[0] ? res->response_id : NULL;
+    a->model_version = res->model_version[0] ? res->model_version : NULL;
+    a->prompt_tokens = res->prompt_tokens;
+    a->output_tokens = res->output_tokens;
+    a->thought_tokens = res->thought_tokens;
+    a->cost_usd = models_cost(job->model, res->prompt_tokens,
+                              res->output_tokens + res->thought_tokens, 0);
+    if (a->cost_usd < 0)
+        a->cost_usd = 0;
+}
+
+/* A fatal answer: stop everything, leave every job queued. */
+static void
+fatal_stop(struct run *r, const struct answer_result *res)
+{
+    char msg[768];
+
+    if (r->fatal_status != 0)
+        return;
+    if (res->quota_per_day) {
+        r->fatal_status = EXIT_TEMPFAIL;
+        snprintf(msg, sizeof(msg), "daily quota used up (%s); jobs stay "
+                 "queued: run again after midnight America/Los_Angeles",
+                 res->message);
+    } else {
+        r->fatal_status = EXIT_CONFIG;
+        snprintf(msg, sizeof(msg), "stopping, every job stays queued: %s. "
+                 "To fix: %s", res->message,
+                 advice_for(res->http_status, res->reason, res->api_status));
+    }
+    progress_stop(r->progress, msg);
+    r->stop_dispatch = 1;
+}
+
+static void
+retry_or_fail(struct run *r, struct slot *s, struct queue_attempt *a,
+              const struct answer_result *res)
+{
+    struct queue_job *job = s->job;
+    int soft = res->cls == ANSWER_SOFT;
+    int n = (soft ? job->attempts_soft : job->attempts_transient) + 1;
+    int limit = soft ? MAX_SOFT : MAX_TRANSIENT;
+    int64_t wait;
+
+    a->err_class = answer_class_name(res->cls);
+    if (n >= limit || job->attempts + 1 >= MAX_ATTEMPTS) {
+        a->outcome = QUEUE_OUT_FAILED;
+        finish(r, job, a);
+        r->failed++;
+        progress_failed(r->progress, job->id, "failed", a->err_class,
+                        res->http_status, res->message);
+        return;
+    }
+    wait = res->retry_after_ms >= 0 ? res->retry_after_ms : backoff_ms(r, n);
+    a->outcome = QUEUE_OUT_RETRY;
+    a->next_attempt_ms = cli_now_ms() + wait;
+    finish(r, job, a);
+    progress_retry(r->progress, job->id, a->err_class, res->http_status,
+                   res->message, wait);
+    /* Look for due work again once this retry is due. */
+    if (r->next_claim_mono > cli_mono_ms() + wait)
+        r->next_claim_mono = cli_mono_ms() + wait;
+}
+
+static void
+record_outcome(struct run *r, struct slot *s)
+{
+    struct decode_task *t = &s->task;
+    const struct answer_result *res = &t->result;
+    struct queue_job *job = s->job;
+    struct queue_attempt a = {
+        .started_ms = s->started_ms,
+        .latency_ms = cli_mono_ms() - s->started_mono,
+    };
+
+    fill_usage(&a, res, job);
+    if (res->cls == ANSWER_OK && t->write_rc != 0) {
+        /* The image could not be written: a local problem, not the
+         * job's.  Stop before more answers are paid for and lost. */
+        a.outcome = QUEUE_OUT_RELEASE;
+        a.err_class = "interrupted";
+        a.message = t->write_err;
+        finish(r, job, &a);
+        if (r->fatal_status == 0) {
+            r->fatal_status = EXIT_IOERR;
+            progress_stop(r->progress, t->write_err);
+        }
+        r->stop_dispatch = 1;
+        return;
+    }
+    switch (res->cls) {
+    case ANSWER_OK:
+        a.outcome = QUEUE_OUT_DONE;
+        a.output_path = job->out_path;
+        finish(r, job, &a);
+        r->done++;
+        progress_done(r->progress, job->id, job->out_path, a.latency_ms, 0);
+        break;
+    case ANSWER_PERMANENT:
+        a.outcome = QUEUE_OUT_BLOCKED;
+        a.err_class = "permanent";
+        finish(r, job, &a);
+        r->failed++;
+        progress_failed(r->progress, job->id, "blocked", "permanent",
+                        res->http_status, res->message);
+        break;
+    case ANSWER_FATAL:
+        a.outcome = QUEUE_OUT_RELEASE;
+        a.err_class = "fatal";
+        finish(r, job, &a);
+        fatal_stop(r, res);
+        break;
+    default:
+        retry_or_fail(r, s, &a, res);
+        break;
+    }
+}
+
+static void
+take_decoded(struct run *r)
+{
+    struct decode_task *t, *next;
+
+    for (t = decode_pool_take(r->pool); t != NULL; t = next) {
+        struct slot *s = t->user;
+
+        next = t->next;
+        /* After a fatal stop, answers still arriving change nothing:
+         * their jobs go back to the queue unless they got an image. */
+        if (r->fatal_status != 0 && t->result.cls != ANSWER_OK)
+            release_job(r, s->job, "run stopped");
+        else
+            record_outcome(r, s);
+        slot_free(r, s);
+    }
+}
+
+/* Aborts transfers still on the wire and releases their jobs. */
+static void
+abort_inflight(struct run *r, const char *why)
+{
+    struct slot *s, *next;
+
+    for (s = r->slots; s != NULL; s = next) {
+        next = s->next;
+        if (s->xfer == NULL)
+            continue;       /* decoding: let it finish */
+        http_abort(r->http, s->xfer);
+        s->xfer = NULL;
+        release_job(r, s->job, why);
+        slot_free(r, s);
+    }
+}
+
+static void
+handle_signals(struct run *r, int64_t mono)
+{
+    static int seen;
+
+    if (signal_count == seen)
+        return;
+    seen = signal_count;
+    if (seen == 1) {
+        r->stop_dispatch = 1;
+        r->grace_deadline = mono + r->opt.grace_ms;
+        progress_stop(r->progress, "signal received: no new requests; "
+                      "waiting for those in flight (again to abort)");
+        return;
+    }
+    abort_inflight(r, "aborted by signal");
+}
+
+static int
+status_cb(const struct queue_batch_status *s, void *arg)
+{
+    int64_t *acc = arg;
+
+    acc[0] += s->counts[QUEUE_DONE];
+    acc[1] += s->total - s->counts[QUEUE_CANCELLED];
+    return 0;
+}
+
+static void
+refresh_totals(struct run *r, int64_t mono)
+{
+    int64_t acc[2] = {0, 0};
+
+    if (mono < r->next_totals_mono)
+        return;
+    r->next_totals_mono = mono + 1000;
+    if (queue_status(r->q, r->opt.batch, status_cb, acc) == 0)
+        progress_totals(r->progress, acc[0], acc[1]);
+    progress_inflight(r->progress, r->nslots);
+}
+
+static int
+loop_should_end(struct run *r, int64_t mono)
+{
+    int64_t due = 0;
+    struct queue_filter filter = {.batch = r->opt.batch, .via = "direct"};
+
+    if (r->nslots > 0)
+        return 0;
+    if (r->stop_dispatch || r->idle_exit)
+        return 1;
+    if (r->opt.until_ms > 0 && cli_now_ms() >= r->opt.until_ms)
+        return 1;
+    if (r->opt.max_jobs > 0 && r->dispatched >= r->opt.max_jobs)
+        return 1;
+    /* Nothing in flight and nothing queued (retries count as queued). */
+    return queue_next_due(r->q, &filter, &due) == 0 && due == 0;
+}
+
+static void
+wake_network(void *arg)
+{
+    struct run *r = arg;
+
+    http_wakeup(r->http);
+}
+
+static void
+main_loop(struct run *r)
+{
+    for (;;) {
+        int64_t mono = cli_mono_ms();
+        int wait_ms;
+
+        handle_signals(r, mono);
+        if (r->grace_deadline > 0 && mono >= r->grace_deadline) {
+            abort_inflight(r, "grace period over");
+            r->grace_deadline = 0;
+        }
+        if (r->opt.until_ms > 0 && cli_now_ms() >= r->opt.until_ms &&
+            !r->stop_dispatch) {
+            r->stop_dispatch = 1;
+            progress_stop(r->progress, "--until reached: no new requests");
+        }
+        if (r->fatal_status != 0)
+            abort_inflight(r, "run stopped");
+        if (!r->stop_dispatch && r->fatal_status == 0)
+            claim_and_dispatch(r, mono);
+        if (mono >= r->next_renew_mono) {
+            queue_renew(r->q, r->owner, cli_now_ms() + LEASE_MS);
+            r->next_renew_mono = mono + RENEW_EVERY_MS;
+        }
+        take_decoded(r);
+        refresh_totals(r, mono);
+        progress_tick(r->progress, mono);
+        if (loop_should_end(r, mono))
+            break;
+        wait_ms = 200;
+        if (r->next_claim_mono > mono && r->next_claim_mono - mono < wait_ms)
+            wait_ms = (int)(r->next_claim_mono - mono);
+        if (http_poll(r->http, wait_ms, on_transfer_done, r) < 0) {
+            log_error("transport failure");
+            r->fatal_status = EXIT_SOFTWARE;
+        }
+    }
+}
+
+static int
+parse_positive(const char *s, int64_t min, int64_t max, int64_t *out)
+{
+    char *end;
+    long long v;
+
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int
+parse_opts(int argc, char **argv, struct run_opts *o)
+{
+    static const struct option longopts[] = {
+        {"db", required_argument, NULL, 'd'},
+        {"batch", required_argument, NULL, 'b'},
+        {"workers", required_argument, NULL, 'w'},
+        {"max-jobs", required_argument, NULL, 'm'},
+        {"until", required_argument, NULL, 'u'},
+        {"timeout", required_argument, NULL, 't'},
+        {"grace", required_argument, NULL, 'g'},
+        {"key-file", required_argument, NULL, 'k'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"json", no_argument, NULL, 'j'},
+        {"wait", no_argument, NULL, 'W'},
+        {NULL, 0, NULL, 0}
+    };
+    int64_t v;
+    int c;
+
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'd': o->db = optarg; break;
+        case 'b': o->batch = optarg; break;
+        case 'k': o->key_file = optarg; break;
+        case 'j': o->json = 1; break;
+        case 'W': o->wait = 1; break;
+        case 'w':
+            if (parse_positive(optarg, 1, 4096, &v) != 0)
+                goto bad;
+            o->workers = (int)v;
+            break;
+        case 'm':
+            if (parse_positive(optarg, 1, INT64_MAX, &o->max_jobs) != 0)
+                goto bad;
+            break;
+        case 't':
+            if (parse_positive(optarg, 1, 86400, &v) != 0)
+                goto bad;
+            o->timeout_ms = v * 1000;
+            break;
+        case 'g':
+            if (parse_positive(optarg, 0, 86400, &v) != 0)
+                goto bad;
+            o->grace_ms = v * 1000;
+            break;
+        case 'u':
+            if (promptfile_parse_time(optarg, &o->until_ms) != 0)
+                goto bad;
+            break;
+        case 'l':
+            if (log_set_level_name(optarg) != 0)
+                goto bad;
+            break;
+        default:
+            return cli_usage("run");
+        }
+    }
+    if (optind != argc) {
+        log_error("run: unexpected argument '%s'", argv[optind]);
+        return cli_usage("run");
+    }
+    return EXIT_OK;
+
+bad:
+    log_error("run: bad option value '%s'", optarg);
+    return EXIT_USAGE;
+}
+
+static int
+setup(struct run *r, char **key)
+{
+    struct http_config cfg = {0};
+    const char *source = NULL;
+    char err[512];
+    int rc, status;
+
+    rc = apikey_load(r->opt.key_file, key, &source, err, sizeof(err));
+    if (rc != 0) {
+        log_error("%s", err);
+        return EXIT_CONFIG;
+    }
+    log_debug("API key from %s", source);
+    status = cli_open_queue(r->opt.db, &r->q);
+    if (status != EXIT_OK)
+        return status;
+    if (owner_self(r->owner, sizeof(r->owner)) != 0)
+        return EXIT_SOFTWARE;
+    cfg.base_url = apikey_base_url();
+    cfg.api_key = *key;
+    cfg.max_connections = r->opt.workers;
+    if (http_global_init() != 0) {
+        log_error("cannot initialise libcurl");
+        return EXIT_SOFTWARE;
+    }
+    r->http = http_new(&cfg, err, sizeof(err));
+    if (r->http == NULL) {
+        log_error("%s", err);
+        return EXIT_CONFIG;
+    }
+    r->pool = decode_pool_new(r->opt.decoders, wake_network, r);
+    r->progress = progress_new(r->opt.json, 1);
+    if (r->pool == NULL || r->progress == NULL)
+        return EXIT_SOFTWARE;
+    return EXIT_OK;
+}
+
+static int
+final_status(struct run *r, int64_t *left)
+{
+    struct queue_filter filter = {.batch = r->opt.batch, .via = "direct"};
+    int64_t due = 0;
+
+    *left = 0;
+    queue_count_unfinished(r->q, r->opt.batch, left);
+    if (signal_count > 0)
+        return last_signal == SIGTERM ? 128 + SIGTERM : EXIT_INTERRUPTED;
+    if (r->fatal_status != 0)
+        return r->fatal_status;
+    if (queue_next_due(r->q, &filter, &due) == 0 && due != 0)
+        return EXIT_TEMPFAIL;
+    return r->failed > 0 ? EXIT_SOME_FAILED : EXIT_OK;
+}
+
+int
+cmd_run(int argc, char **argv)
+{
+    struct run r;
+    char *key = NULL;
+    int status, reclaimed = 0;
+    int64_t left = 0, queued = 0;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+    memset(&r, 0, sizeof(r));
+    r.opt.workers = 4;
+    r.opt.timeout_ms = 300 * 1000;
+    r.opt.grace_ms = 30 * 1000;
+    r.opt.decoders = ncpu < 1 ? 1 : ncpu > 4 ? 4 : (int)ncpu;
+    status = parse_opts(argc, argv, &r.opt);
+    if (status != EXIT_OK)
+        return status;
+    status = setup(&r, &key);
+    if (status != EXIT_OK)
+        goto out;
+    r.rng = (unsigned long long)cli_now_ms() ^
+        ((unsigned long long)getpid() << 32) ^ 0x9e3779b97f4a7c15ULL;
+    install_signals();
+    if (queue_reclaim(r.q, cli_now_ms(), owner_alive, NULL, &reclaimed) != 0)
+        log_warn("cannot reclaim interrupted jobs: %s", queue_errmsg(r.q));
+    queue_count_unfinished(r.q, r.opt.batch, &queued);
+    progress_start(r.progress, r.opt.workers, queued, reclaimed);
+
+    main_loop(&r);
+
+    abort_inflight(&r, "run ended");
+    queue_release_all(r.q, r.owner, cli_now_ms());
+    status = final_status(&r, &left);
+    if (status == EXIT_TEMPFAIL && r.idle_exit)
+        log_info("the next queued job is due later; run again then, or "
+                 "use --wait");
+    progress_end(r.progress, status, r.done, r.failed, left);
+out:
+    decode_pool_free(r.pool);
+    progress_free(r.progress);
+    http_free(r.http);
+    queue_close(r.q);
+    apikey_free(key);
+    return status;
+}
