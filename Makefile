@@ -35,13 +35,13 @@ RUNNER_SRC = runner/log.c runner/owner.c runner/apikey.c runner/advice.c \
              runner/cmd_queue.c runner/http.c runner/decode.c \
              runner/progress.c runner/run.c runner/doctor.c \
              runner/tzone.c runner/window.c runner/config.c \
-             runner/cmd_schedule.c
+             runner/cmd_schedule.c runner/sched.c runner/gate.c
 MAIN_SRC   = runner/main.c
 SIM_SRC    = tests/sim/sim.c tests/sim/scenario.c tests/sim/imagegen.c \
              tests/sim/api.c tests/sim/body.c
 UNIT_TESTS = test_queue test_promptfile test_answer test_image \
-             test_window test_config
-FUZZERS    = fuzz_promptfile fuzz_answer fuzz_error fuzz_image
+             test_window test_config test_sched
+FUZZERS    = fuzz_promptfile fuzz_answer fuzz_error fuzz_image fuzz_config
 
 LIB_SRC  = $(QUEUE_SRC) $(JOBS_SRC) $(RUNNER_SRC)
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -87,6 +87,8 @@ T_IMAGE      = $(call o,queue/nberr.c jobs/image.c jobs/naming.c \
 T_WINDOW     = $(call o,queue/nberr.c runner/tzone.c runner/window.c)
 T_CONFIG     = $(call o,queue/nberr.c runner/tzone.c runner/window.c \
                         runner/config.c jobs/models.c)
+T_SCHED      = $(call o,queue/nberr.c runner/tzone.c runner/window.c \
+                        runner/config.c jobs/models.c runner/sched.c)
 
 $(BUILD)/tests/test_queue:      $(T_QUEUE)
 $(BUILD)/tests/test_promptfile: $(T_PROMPTFILE)
@@ -94,6 +96,7 @@ $(BUILD)/tests/test_answer:     $(T_ANSWER)
 $(BUILD)/tests/test_image:      $(T_IMAGE)
 $(BUILD)/tests/test_window:     $(T_WINDOW)
 $(BUILD)/tests/test_config:     $(T_CONFIG)
+$(BUILD)/tests/test_sched:      $(T_SCHED)
 $(BUILD)/tests/test_%: tests/test_%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
@@ -138,7 +141,8 @@ bats: deps nbbatch $(BUILD)/nbsim $(BUILD)/tests/pngcheck
 	PNGCHECK=$(CURDIR)/$(BUILD)/tests/pngcheck \
 	bats tests/bats
 
-FUZZ_SRC = $(QUEUE_SRC) $(JOBS_SRC)
+FUZZ_SRC = $(QUEUE_SRC) $(JOBS_SRC) runner/config.c runner/window.c \
+           runner/tzone.c
 fuzz: deps
 	@mkdir -p build/fuzz
 	@set -e; for f in $(FUZZERS); do \
@@ -147,7 +151,7 @@ fuzz: deps
 	        -o build/fuzz/$$f tests/fuzz/$$f.c $(FUZZ_SRC) $(PKG_LIBS) -lm; \
 	    mkdir -p build/fuzz/corpus-$$f; \
 	    echo "== $$f (short run)"; \
-	    build/fuzz/$$f -max_total_time=$${FUZZ_SECONDS:-20} -print_final_stats=0 \
+	    build/fuzz/$$f -max_total_time=$${FUZZ_SECONDS:-10} -print_final_stats=0 \
 	        build/fuzz/corpus-$$f tests/fuzz/seeds/$$f 2>build/fuzz/$$f.log \
 	        || { tail -40 build/fuzz/$$f.log; exit 1; }; \
 	done

@@ -7,22 +7,30 @@
  * the "skeleton" except the contents of one kind of string: the value of
  * a key "data" that sits directly in an object which is itself the value
  * of a key "inlineData" or "inline_data".  Such a string (a base64 image,
- * 10-30 MB at 4K) is un-escaped, taken from the url-safe alphabet to the
- * standard one, decoded as it arrives and written through a 64 KiB buffer
+ * 10-30 MB at 4K) is un-escaped, read in either base64 alphabet (standard
+ * or url-safe), decoded as it arrives and written through a 192 KiB buffer
  * to an unlinked temporary file, one file ("blob") per string; in the
  * skeleton its contents become "@nbblob:N".  A "data" string anywhere else
  * stays in the skeleton whatever its size.
  *
- * The decoding: the scanner keeps only characters of the alphabet, so
- * whole groups of four go straight to OpenSSL's EVP_DecodeBlock() and at
- * most three wait for the next chunk; padding is checked here and may be
- * left out.  EVP_DecodeUpdate(), which does the carrying itself, spent
- * three times the CPU on the same answers (tests/bench/answer_bench.c).
+ * The decoding has two paths.  The fast one takes a run of plain base64
+ * in the caller's buffer four characters at a time, through four 256-entry
+ * tables that give each character's bits already shifted into place (and
+ * a flag bit for anything else), and writes three bytes per group
+ * straight into the write buffer; it stops before the first group with
+ * another byte in it.  The slow one takes what is left a character at a
+ * time into a small holding buffer: escapes, white space, padding, bad
+ * bytes and groups cut by the end of a chunk.  A group in the holding
+ * buffer is decoded as soon as it is whole, so the fast path starts again
+ * at the next group.  Both paths use the same tables.  Padding is checked
+ * here and may be left out.  The write buffer is a multiple of three bytes
+ * and of the page size, so every write() but the last is whole pages.
  *
  * Invariants: the skeleton is NUL-terminated and at most 4 MiB; an answer
- * holds at most 32 blobs; the memory of an answer is its skeleton plus
- * about 80 KiB of buffers taken with its first blob.  Bad base64 marks its
- * blob and never stops the feed.  The scanner checks no JSON grammar:
+ * holds at most 32 blobs; the memory of an answer is its skeleton plus the
+ * write buffer, taken with its first blob.  Between calls the holding
+ * buffer has 0 to 3 characters.  Bad base64 marks its blob and never
+ * stops the feed.  The scanner checks no JSON grammar:
  * jansson does that on the skeleton in answer_classify().  Every string
  * written to an answer_result is one NUL-terminated line of valid UTF-8.
  * Nothing here prints, exits or sleeps.
@@ -38,7 +46,6 @@
 #include <unistd.h>
 
 #include <jansson.h>
-#include <openssl/evp.h>
 
 #include "jobs/answer.h"
 #include "queue/nberr.h"
@@ -48,8 +55,7 @@
 #define MAX_BLOBS       32
 #define MAX_DEPTH       64
 #define KEY_MAX         16
-#define B64_CHUNK       16384           /* base64 text per OpenSSL call */
-#define WBUF_SIZE       (64 * 1024)     /* decoded bytes per write() */
+#define WBUF_SIZE       (3 * 64 * 1024) /* decoded bytes per write() */
 #define BLOB_MARK       "@nbblob:"
 #define QUOTA_LONG_MS   (120 * 1000)    /* longer waits: per-day quota */
 #define SECONDS_DIGITS  12              /* Duration max: 315576000000 s */
@@ -83,6 +89,43 @@ static const unsigned char b64_map[256] = {
     ['\\'] = B64_STOP,
 };
 #undef KEEP
+
+/*
+ * The decoding tables: b64_bits[k][c] is the six bits of character c
+ * (either alphabet) shifted to where the k-th character of a group puts
+ * them in the group's 24 bits, or B64_NOT_ALPHABET.  Made by the
+ * preprocessor from one definition, so the four cannot disagree.
+ */
+#define B64_NOT_ALPHABET 0x80000000u
+#define B64_VALUE(c) \
+    ((c) >= 'A' && (c) <= 'Z' ? (c) - 'A' : \
+     (c) >= 'a' && (c) <= 'z' ? (c) - 'a' + 26 : \
+     (c) >= '0' && (c) <= '9' ? (c) - '0' + 52 : \
+     (c) == '+' || (c) == '-' ? 62 : \
+     (c) == '/' || (c) == '_' ? 63 : -1)
+#define B64_BITS(c, shift) \
+    (B64_VALUE(c) < 0 ? B64_NOT_ALPHABET : (uint32_t)B64_VALUE(c) << (shift))
+#define B64_ROW4(c, s) \
+    B64_BITS(c, s), B64_BITS((c) + 1, s), B64_BITS((c) + 2, s), \
+    B64_BITS((c) + 3, s)
+#define B64_ROW16(c, s) \
+    B64_ROW4(c, s), B64_ROW4((c) + 4, s), B64_ROW4((c) + 8, s), \
+    B64_ROW4((c) + 12, s)
+#define B64_ROW64(c, s) \
+    B64_ROW16(c, s), B64_ROW16((c) + 16, s), B64_ROW16((c) + 32, s), \
+    B64_ROW16((c) + 48, s)
+#define B64_TABLE(s) \
+    { B64_ROW64(0, s), B64_ROW64(64, s), B64_ROW64(128, s), \
+      B64_ROW64(192, s) }
+static const uint32_t b64_bits[4][256] = {
+    B64_TABLE(18), B64_TABLE(12), B64_TABLE(6), B64_TABLE(0)
+};
+#undef B64_TABLE
+#undef B64_ROW64
+#undef B64_ROW16
+#undef B64_ROW4
+#undef B64_BITS
+#undef B64_VALUE
 
 /* One open container of the JSON being scanned. */
 struct level {
@@ -119,8 +162,8 @@ struct answer {
 
     struct blob blobs[MAX_BLOBS];
     size_t n_blobs;
-    unsigned char *b64_in;      /* B64_CHUNK bytes, no '=' */
-    size_t b64_in_len;          /* over 3 only while gathering */
+    unsigned char b64_in[4];    /* a group begun on the slow path */
+    size_t b64_in_len;          /* 0 to 3 between calls */
     unsigned b64_pads;          /* '=' seen at the end of the blob */
     unsigned char *wbuf;        /* WBUF_SIZE bytes */
     size_t wbuf_len;
@@ -426,7 +469,6 @@ answer_free(struct answer *a)
     for (size_t i = 0; i < a->n_blobs; i++)
         if (a->blobs[i].fd >= 0)
             close(a->blobs[i].fd);
-    free(a->b64_in);
     free(a->wbuf);
     free(a->skel);
     free(a->tmpdir);
@@ -513,11 +555,9 @@ blob_start(struct answer *a)
 
     if (a->n_blobs == MAX_BLOBS)
         return feed_fail(a, NB_ELIMIT);
-    if (a->b64_in == NULL)
-        a->b64_in = malloc(B64_CHUNK);
     if (a->wbuf == NULL)
         a->wbuf = malloc(WBUF_SIZE);
-    if (a->b64_in == NULL || a->wbuf == NULL)
+    if (a->wbuf == NULL)
         return feed_fail(a, NB_ENOMEM);
     b = &a->blobs[a->n_blobs];
     b->bad = 0;
@@ -558,33 +598,60 @@ blob_flush(struct answer *a)
 }
 
 /*
- * Decodes the whole groups of four gathered in b64_in into wbuf and keeps
- * the rest (0 to 3 characters) for later.  b64_in holds only characters
- * of the alphabet, so EVP_DecodeBlock() yields exactly 3 bytes per group.
+ * Decodes up to groups groups of four characters from in to out, three
+ * bytes each, and stops before the first group holding a byte outside
+ * both alphabets.  Returns the groups decoded.
+ */
+static size_t
+b64_decode(unsigned char *restrict out, const unsigned char *restrict in,
+           size_t groups)
+{
+    size_t done;
+
+    for (done = 0; done < groups; done++) {
+        uint32_t bits = b64_bits[0][in[0]] | b64_bits[1][in[1]] |
+                        b64_bits[2][in[2]] | b64_bits[3][in[3]];
+
+        if (bits & B64_NOT_ALPHABET)
+            break;
+        out[0] = (unsigned char)(bits >> 16);
+        out[1] = (unsigned char)(bits >> 8);
+        out[2] = (unsigned char)bits;
+        in += 4;
+        out += 3;
+    }
+    return done;
+}
+
+/*
+ * Decodes the group in b64_in, characters missing taken as 'A' (zero
+ * bits), into wbuf and keeps its first keep bytes; empties b64_in.
  */
 static int
-blob_decode(struct answer *a)
+blob_group(struct answer *a, size_t keep)
 {
     struct blob *b = blob_cur(a);
-    size_t whole = a->b64_in_len & ~(size_t)3;
-    size_t rest = a->b64_in_len - whole, out = whole / 4 * 3;
 
-    if (b->bad) {
-        a->b64_in_len = 0;
+    memset(a->b64_in + a->b64_in_len, 'A', 4 - a->b64_in_len);
+    a->b64_in_len = 0;
+    if (b->bad)
         return 0;
-    }
-    if (whole == 0)
-        return 0;
-    if (WBUF_SIZE - a->wbuf_len < out && blob_flush(a) != 0)
+    if (WBUF_SIZE - a->wbuf_len < 3 && blob_flush(a) != 0)
         return a->failed;
-    if (EVP_DecodeBlock(a->wbuf + a->wbuf_len, a->b64_in, (int)whole)
-        != (int)out)
+    /* b64_in holds only characters of the alphabet, so this holds. */
+    if (b64_decode(a->wbuf + a->wbuf_len, a->b64_in, 1) != 1)
         b->bad = 1;
     else
-        a->wbuf_len += out;
-    memmove(a->b64_in, a->b64_in + whole, rest);
-    a->b64_in_len = rest;
+        a->wbuf_len += keep;
     return 0;
+}
+
+/* One character of the alphabet for b64_in; a whole group is decoded. */
+static int
+blob_put(struct answer *a, unsigned char ch)
+{
+    a->b64_in[a->b64_in_len++] = ch;
+    return a->b64_in_len == 4 ? blob_group(a, 3) : 0;
 }
 
 /* One un-escaped character of a blob (-1: none that base64 has). */
@@ -603,45 +670,80 @@ blob_char(struct answer *a, int ch)
         blob_cur(a)->bad = 1;       /* text after the padding is bad too */
         return 0;
     }
-    a->b64_in[a->b64_in_len++] = m;
-    return a->b64_in_len == B64_CHUNK ? blob_decode(a) : 0;
+    return blob_put(a, m);
 }
 
 /*
- * The fast path: copies plain base64 text from p[*i..len) to b64_in up
- * to the next byte that needs the slow path ('"', '\\' or '=').
+ * The fast path proper: decodes the whole groups of plain base64 at
+ * p[*at..len) straight into wbuf, up to the first group with another
+ * byte in it.  Call it only between groups (b64_in empty).
+ */
+static int
+blob_run(struct answer *a, const unsigned char *p, size_t len, size_t *at)
+{
+    size_t pos = *at;
+
+    while (len - pos >= 4) {
+        size_t want = (len - pos) / 4;
+        size_t room = (WBUF_SIZE - a->wbuf_len) / 3;
+        size_t got;
+
+        if (room == 0) {
+            if (blob_flush(a) != 0)
+                return a->failed;
+            continue;
+        }
+        if (want > room)
+            want = room;
+        got = b64_decode(a->wbuf + a->wbuf_len, p + pos, want);
+        a->wbuf_len += 3 * got;
+        pos += 4 * got;
+        if (got < want)
+            break;
+    }
+    *at = pos;
+    return 0;
+}
+
+/*
+ * Reads blob text from p[*i..len) up to the next byte the slow path must
+ * see ('"', '\\' or '='): whole groups by blob_run(), and a character at
+ * a time what stops it - white space, a bad byte, a group cut by the end
+ * of the chunk or begun by the slow path - until the next group starts.
  */
 static int
 blob_scan(struct answer *a, const unsigned char *p, size_t len, size_t *i)
 {
+    struct blob *b = blob_cur(a);
     size_t at = *i;
+    int rc = 0;
 
-    while (at < len) {
-        size_t room = B64_CHUNK - a->b64_in_len;
-        const unsigned char *src = p + at;
-        const unsigned char *stop = len - at < room ? p + len : src + room;
-        unsigned char *dst = a->b64_in + a->b64_in_len;
-        unsigned char m = 0;
+    while (at < len && rc == 0) {
+        unsigned char m;
 
-        while (src < stop && (m = b64_map[*src]) > B64_PAD) {
-            *dst++ = m;
-            src++;
+        if (b->bad) {
+            /* Nothing more gets decoded: only the slow path's bytes. */
+            while (at < len && (m = b64_map[p[at]]) != B64_STOP &&
+                   m != B64_PAD)
+                at++;
+            break;
         }
-        a->b64_in_len = (size_t)(dst - a->b64_in);
-        at = (size_t)(src - p);
-        if (a->b64_in_len == B64_CHUNK) {
-            if (blob_decode(a) != 0)
-                return a->failed;
-            continue;
+        if (a->b64_in_len == 0) {
+            rc = blob_run(a, p, len, &at);
+            if (rc != 0 || at == len)
+                break;
         }
-        if (at == len || m == B64_STOP || m == B64_PAD)
+        m = b64_map[p[at]];
+        if (m == B64_STOP || m == B64_PAD)
             break;
         if (m == B64_BAD)
-            blob_cur(a)->bad = 1;
-        at++;                       /* white space, or a bad byte */
+            b->bad = 1;
+        else if (m != B64_SKIP)
+            rc = blob_put(a, m);
+        at++;
     }
     *i = at;
-    return 0;
+    return rc;
 }
 
 /* The closing quote: the last 2 or 3 characters, then the file. */
@@ -649,26 +751,14 @@ static int
 blob_end(struct answer *a)
 {
     struct blob *b = blob_cur(a);
-    unsigned char last[3];
-    size_t rest;
+    size_t rest = a->b64_in_len;
 
-    if (blob_decode(a) != 0)
-        return a->failed;
-    rest = a->b64_in_len;
     /* Padding is optional, but when there it must fit the text. */
     if (rest == 1 || (a->b64_pads > 0 && (rest == 0 ||
                                           a->b64_pads + rest > 4)))
         b->bad = 1;
-    if (!b->bad && rest > 0) {
-        memset(a->b64_in + rest, 'A', 4 - rest);
-        if (EVP_DecodeBlock(last, a->b64_in, 4) != 3)
-            b->bad = 1;
-        if (WBUF_SIZE - a->wbuf_len < 3 && blob_flush(a) != 0)
-            return a->failed;
-        memcpy(a->wbuf + a->wbuf_len, last, rest - 1);
-        a->wbuf_len += rest - 1;
-    }
-    a->b64_in_len = 0;
+    if (rest > 0 && blob_group(a, rest - 1) != 0)
+        return a->failed;
     if (b->bad) {
         a->wbuf_len = 0;
         return 0;

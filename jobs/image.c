@@ -2,15 +2,28 @@
  * image.c - from answer bytes to the final PNG file.
  *
  * The answer's bytes arrive in a temporary file and are read once, front to
- * back, through a 64 KiB buffer; the PNG is written through another.  The
- * format is decided from the magic bytes alone.  A PNG passes through
- * libpng, which decodes every row into one row buffer (so a corrupt file is
- * refused), while a "tee" beside the read callback copies the very same
- * bytes chunk by chunk to the output: the pixels are never re-encoded, our
- * two iTXt chunks go in right after IHDR, and any older "parameters" or
- * "nbbatch" text chunk is dropped so ours are the only ones.  A JPEG is
- * decoded by libjpeg one scanline at a time and each line is handed to
- * libpng's writer at once.  Neither path ever holds a whole image in
+ * back, through a 256 KiB buffer.  The format is decided from the magic
+ * bytes alone.  A PNG passes through libpng, which inflates and unfilters
+ * every row in its own buffer (so a corrupt file is refused; no row is
+ * copied out to us), while a "tee" beside the read callback follows the
+ * chunk structure of the very same bytes.  The pixels are never
+ * re-encoded, and the PNG reaches its place in one of two ways:
+ *
+ * - in place, the common case: the runner's temporary file is an unlinked
+ *   O_TMPFILE file in the output folder.  If it holds a PNG with nothing
+ *   after IEND and no "parameters" or "nbbatch" text chunk of its own, that
+ *   file becomes the image: it is linked at the temporary name through
+ *   /proc/self/fd, and once validated its IEND is overwritten with our two
+ *   iTXt chunks and a new IEND.  Nothing is copied.
+ * - copied, for everything else (a pipe, another file system, trailing
+ *   bytes, older text chunks of ours, no /proc): the tee writes each chunk
+ *   to a new file as it passes, our two iTXt chunks go in right after
+ *   IHDR, and any older "parameters" or "nbbatch" text chunk is dropped so
+ *   ours are the only ones.
+ *
+ * Either way every original chunk is kept byte for byte and in order.  A
+ * JPEG is decoded by libjpeg one scanline at a time and each line is
+ * handed to libpng's writer at once.  No path ever holds a whole image in
  * memory, except that libjpeg needs its coefficients for a progressive
  * JPEG (capped at JPEG_MEMORY_MAX).
  *
@@ -24,10 +37,12 @@
  * profile chunk may not claim more than HELD_CHUNK_MAX (libpng allocates
  * the claimed length up front); libjpeg may use JPEG_MEMORY_MAX.
  *
- * The file appears atomically: "<path>.tmp-<job>" is written, fsynced and
- * renamed over path, then the folder is fsynced.  On any failure the
- * temporary file is removed and path is left as it was.  Nothing here
- * prints or exits; the caller gets a code and a one-line message.
+ * The file appears atomically: "<path>.tmp-<job>" is written (or linked),
+ * fsynced and renamed over path, then the folder is fsynced.  On any
+ * failure the temporary name is removed and path is left as it was.
+ * image_job_id() finds our chunk in either place without reading image
+ * data.  Nothing here prints or exits; the caller gets a code and a
+ * one-line message.
  *
  * Deliberately not done: WebP is refused rather than converted, and a
  * JPEG's ICC profile and EXIF orientation are not carried into the PNG
@@ -56,7 +71,9 @@
 #include <zlib.h>
 
 #define IMAGE_MAX_SIDE      16384          /* pixels, either side */
-#define IO_BUF_SIZE         65536          /* read and write buffers */
+#define READ_BUF_SIZE       (256u << 10)   /* the answer, read */
+#define IO_BUF_SIZE         65536          /* the PNG, written */
+#define TAIL_MAX            65536          /* image_job_id's look at the end */
 #define MAGIC_LEN           12             /* enough for RIFF....WEBP */
 #define KEYWORD_PREFIX      80             /* a keyword (<= 79) and NUL */
 #define PNG_CHUNK_MAX       0x7fffffffu    /* PNG's 31-bit chunk length */
@@ -165,7 +182,7 @@ struct source {
     int fd;                     /* -1: the bytes are all in memory */
     const unsigned char *data;  /* next byte not yet consumed */
     size_t avail;               /* bytes at data */
-    unsigned char *buf;         /* fd only: IO_BUF_SIZE bytes, owned */
+    unsigned char *buf;         /* fd only: READ_BUF_SIZE bytes, owned */
     int eof;
     int read_errno;             /* set when read() failed */
 };
@@ -185,10 +202,25 @@ source_init_fd(struct source *s, int fd)
 {
     memset(s, 0, sizeof *s);
     s->fd = fd;
-    s->buf = malloc(IO_BUF_SIZE);
+    s->buf = malloc(READ_BUF_SIZE);
     if (s->buf == NULL)
         return NB_ENOMEM;
     s->data = s->buf;
+    return 0;
+}
+
+/* Starts reading again from the start of the (regular) file. */
+static int
+source_rewind(struct source *s)
+{
+    if (lseek(s->fd, 0, SEEK_SET) != 0) {
+        s->read_errno = errno;
+        return NB_EIO;
+    }
+    s->data = s->buf;
+    s->avail = 0;
+    s->eof = 0;
+    s->read_errno = 0;
     return 0;
 }
 
@@ -200,7 +232,7 @@ source_free(struct source *s)
 }
 
 /*
- * Reads until at least want bytes are buffered (want <= IO_BUF_SIZE) or
+ * Reads until at least want bytes are buffered (want <= READ_BUF_SIZE) or
  * the input ends.  Returns 0, or NB_EIO with read_errno set.
  */
 static int
@@ -213,7 +245,8 @@ source_fill(struct source *s, size_t want)
     s->data = s->buf;
 
     while (s->avail < want) {
-        ssize_t n = read(s->fd, s->buf + s->avail, IO_BUF_SIZE - s->avail);
+        ssize_t n = read(s->fd, s->buf + s->avail,
+                         READ_BUF_SIZE - s->avail);
 
         if (n < 0 && errno == EINTR)
             continue;
@@ -460,6 +493,8 @@ enum tee_state { TEE_SIG, TEE_HEAD, TEE_PREFIX, TEE_BODY, TEE_DONE };
  * structure: IHDR first, IEND reached, and no chunk that libpng would
  * read whole into memory (text, ICC profile, ...) over HELD_CHUNK_MAX,
  * since libpng allocates what the length field claims before reading.
+ * Either way it notes what the in-place path must know: whether a text
+ * chunk of ours is there, and where IEND ends.
  */
 struct tee {
     struct sink *out;           /* NULL: check only */
@@ -473,6 +508,10 @@ struct tee {
     uint64_t body_left;         /* data and CRC bytes still to pass */
     int keep;                   /* write the current chunk */
     long chunks;                /* chunks completed */
+    uint64_t fed;               /* bytes passed so far */
+    uint64_t end;               /* offset just past IEND (0: not yet) */
+    uint32_t iend_len;          /* IEND's length field */
+    int ours_seen;              /* a "parameters" or "nbbatch" text chunk */
     uint32_t width, height;     /* from IHDR */
     int code;                   /* NB_E code once the tee failed */
     char msg[120];
@@ -588,6 +627,7 @@ tee_prefix_done(struct tee *t)
         t->height = be32(t->prefix + 4);
     } else if (is_our_keyword(t->prefix, t->prefix_len)) {
         t->keep = 0;
+        t->ours_seen = 1;
     }
     tee_emit(t, t->head, 8);
     tee_emit(t, t->prefix, t->prefix_len);
@@ -605,6 +645,7 @@ tee_chunk_done(struct tee *t)
     t->state = TEE_HEAD;
     t->head_len = 0;
     if (memcmp(t->head + 4, "IEND", 4) == 0) {
+        t->iend_len = be32(t->head);
         t->state = TEE_DONE;
         return;
     }
@@ -672,6 +713,9 @@ tee_feed(struct tee *t, const unsigned char *p, size_t n)
         case TEE_DONE:
             break;
         }
+        if (t->state == TEE_DONE && t->end == 0)
+            t->end = t->fed + used;
+        t->fed += used;
         p += used;
         n -= used;
     }
@@ -683,7 +727,6 @@ struct pngread {
     png_infop info;
     struct source *src;
     struct tee *tee;            /* follows (and maybe copies) the bytes */
-    unsigned char *row;
     jmp_buf jmp;
     int armed;                  /* jmp is set */
     int code;                   /* NB_E code of the failure */
@@ -754,11 +797,14 @@ png_read_cb(png_structp png, png_bytep data, size_t length)
     }
 }
 
-/* Reads the whole PNG through libpng; jumps back here on any error. */
+/*
+ * Reads the whole PNG through libpng; jumps back here on any error.  Every
+ * row is inflated and unfiltered in libpng's own buffer; no row buffer is
+ * passed, so libpng does not copy each row out to us as well.
+ */
 static int
 png_decode_all(struct pngread *r)
 {
-    size_t rowbytes;
     int passes, pass;
     uint32_t y;
 
@@ -775,16 +821,10 @@ png_decode_all(struct pngread *r)
     r->height = png_get_image_height(r->png, r->info);
     passes = png_set_interlace_handling(r->png);
     png_read_update_info(r->png, r->info);
-    rowbytes = png_get_rowbytes(r->png, r->info);
-    r->row = malloc(rowbytes);
-    if (r->row == NULL) {
-        r->code = NB_ENOMEM;
-        png_error(r->png, "out of memory");
-    }
 
     for (pass = 0; pass < passes; pass++)
         for (y = 0; y < r->height; y++)
-            png_read_row(r->png, r->row, NULL);
+            png_read_row(r->png, NULL, NULL);
     png_read_end(r->png, NULL);
     return 0;
 }
@@ -833,7 +873,6 @@ png_run(struct source *src, struct tee *tee, uint32_t *width,
 fail:
     if (r->png != NULL)
         png_destroy_read_struct(&r->png, r->info ? &r->info : NULL, NULL);
-    free(r->row);
     free(r);
     return rc;
 }
@@ -1270,17 +1309,26 @@ fail:
     return NB_EIO;
 }
 
+/* Removes what a crash may have left at tmp. */
+static int
+remove_stale(const char *tmp, char *err, size_t errlen)
+{
+    if (unlink(tmp) < 0 && errno != ENOENT) {
+        seterr(err, errlen, "cannot remove stale %s: %s", tmp,
+               strerror(errno));
+        return NB_EIO;
+    }
+    return 0;
+}
+
 /* Opens a new temporary file at tmp, removing a stale one first. */
 static int
 open_tmp(const char *tmp, char *err, size_t errlen)
 {
     int fd;
 
-    if (unlink(tmp) < 0 && errno != ENOENT) {
-        seterr(err, errlen, "cannot remove stale %s: %s", tmp,
-               strerror(errno));
+    if (remove_stale(tmp, err, errlen) < 0)
         return NB_EIO;
-    }
     fd = open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
     if (fd < 0) {
         seterr(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
@@ -1397,13 +1445,225 @@ write_file(struct source *src, enum format fmt, const char *path,
     return rc;
 }
 
+/* --- PNG in place: the answer's own file becomes the image ----------- */
+
+/*
+ * The runner decodes an answer into an unlinked O_TMPFILE file in the
+ * output folder.  When that file holds a PNG that needs nothing removed,
+ * no byte of it is copied: the file is linked at the temporary name
+ * through /proc/self/fd, validated as usual (one pass, every CRC, every
+ * row), its IEND is overwritten with our two chunks and a new IEND, and it
+ * is fsynced and renamed into place like a copied one.  Whenever the file
+ * does not qualify, LINK_DECLINED sends image_write() down the copying
+ * path with the source rewound, and nothing is left at the temporary name.
+ */
+#define LINK_DECLINED 1         /* positive: never an NB_E code */
+
+static const unsigned char iend_chunk[12] = {
+    0, 0, 0, 0, 'I', 'E', 'N', 'D', 0xae, 0x42, 0x60, 0x82
+};
+
+/* What the in-place path knows about its file before reading it. */
+struct inplace {
+    int fd;
+    char proc[32];              /* "/proc/self/fd/N", names the file */
+    off_t size;
+    mode_t mode;                /* 0644 less the umask, like open() */
+};
+
+/*
+ * The process's umask, read without changing it: umask() can only read it
+ * by setting it, which would race with other threads creating files.
+ */
+static int
+read_umask(mode_t *mask)
+{
+    char buf[512], *p, *end;
+    ssize_t n;
+    long v;
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return -1;
+    do
+        n = read(fd, buf, sizeof buf - 1);
+    while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    p = strstr(buf, "\nUmask:\t");
+    if (p == NULL)
+        return -1;
+    v = strtol(p + 8, &end, 8);
+    if (end == p + 8 || v < 0 || v > 0777)
+        return -1;
+    *mask = (mode_t)v;
+    return 0;
+}
+
+/*
+ * 1 when the file behind fd may become the image in place: an unlinked
+ * regular file, open for reading and writing (not appending), on the same
+ * file system as dir, that /proc/self/fd reaches.  Fills ip.
+ */
+static int
+inplace_possible(int fd, const char *dir, struct inplace *ip)
+{
+    struct stat st, dst, pst;
+    mode_t mask;
+    int flags = fcntl(fd, F_GETFL);
+
+    if (flags < 0 || (flags & O_ACCMODE) != O_RDWR || (flags & O_APPEND))
+        return 0;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 0)
+        return 0;
+    if (stat(dir, &dst) < 0 || dst.st_dev != st.st_dev)
+        return 0;
+    snprintf(ip->proc, sizeof ip->proc, "/proc/self/fd/%d", fd);
+    if (stat(ip->proc, &pst) < 0 || pst.st_dev != st.st_dev ||
+        pst.st_ino != st.st_ino)
+        return 0;
+    if (read_umask(&mask) < 0)
+        return 0;
+    ip->fd = fd;
+    ip->size = st.st_size;
+    ip->mode = 0644 & ~mask;
+    return 1;
+}
+
+/*
+ * Overwrites the IEND at iend_at with our two chunks and a new IEND, sets
+ * the mode and fsyncs.  *bytes gets the new size.
+ */
+static int
+inplace_finish(const struct inplace *ip, off_t iend_at,
+               const struct image_meta *m, uint32_t width, uint32_t height,
+               const char *tmp, int64_t *bytes, char *err, size_t errlen)
+{
+    struct texts texts = { NULL, NULL };
+    struct sink out;
+    int rc;
+
+    memset(&out, 0, sizeof out);
+    out.fd = ip->fd;
+    out.buf = malloc(IO_BUF_SIZE);
+    if (out.buf == NULL ||
+        texts_build(&texts, m, "png", width, height) < 0) {
+        free(out.buf);
+        return NB_ENOMEM;
+    }
+
+    rc = lseek(ip->fd, iend_at, SEEK_SET) == iend_at ? 0 : NB_EIO;
+    if (rc < 0)
+        out.write_errno = errno;
+    if (rc == 0)
+        rc = sink_itxt(&out, "parameters", texts.parameters);
+    if (rc == 0)
+        rc = sink_itxt(&out, "nbbatch", texts.json);
+    if (rc == 0)
+        rc = sink_write(&out, iend_chunk, sizeof iend_chunk);
+    if (rc == 0)
+        rc = sink_flush(&out);
+    if (rc == NB_EIO)
+        errno = out.write_errno;
+    if (rc == 0 && (fchmod(ip->fd, ip->mode) < 0 || fsync(ip->fd) < 0))
+        rc = NB_EIO;
+
+    if (rc == NB_ELIMIT)
+        seterr(err, errlen, "image metadata too large");
+    else if (rc < 0)
+        seterr(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+    *bytes = (int64_t)iend_at + out.bytes;
+    texts_free(&texts);
+    free(out.buf);
+    return rc;
+}
+
+/*
+ * The PNG in ip's file, whose first bytes src holds, becomes path.  Returns
+ * 0, an NB_E code (nothing left at tmp), or LINK_DECLINED with src
+ * rewound.
+ */
+static int
+inplace_write(struct source *src, const struct inplace *ip,
+              const char *path, const char *tmp, const char *dir,
+              const struct image_meta *m, struct image_info *info,
+              char *err, size_t errlen)
+{
+    struct tee tee;
+    uint32_t width = 0, height = 0;
+    int64_t bytes = 0;
+    int rc, saved;
+
+    if (remove_stale(tmp, err, errlen) < 0)
+        return NB_EIO;
+    if (linkat(AT_FDCWD, ip->proc, AT_FDCWD, tmp, AT_SYMLINK_FOLLOW) < 0) {
+        /* No /proc, another file system, or not an O_TMPFILE file. */
+        if (errno == EXDEV || errno == ENOENT || errno == EPERM)
+            return LINK_DECLINED;
+        seterr(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
+        return NB_EIO;
+    }
+
+    tee_init(&tee, NULL, NULL);
+    rc = png_run(src, &tee, &width, &height, err, errlen);
+    if (rc == 0 && (tee.ours_seen || tee.iend_len != 0 ||
+                    tee.end != (uint64_t)ip->size))
+        rc = LINK_DECLINED;
+    if (rc == 0)
+        rc = inplace_finish(ip, (off_t)tee.end - 12, m, width, height, tmp,
+                            &bytes, err, errlen);
+    if (rc == 0)
+        rc = publish(tmp, path, dir, err, errlen);
+    if (rc == 0 && info != NULL) {
+        info->source_format = "png";
+        info->width = width;
+        info->height = height;
+        info->bytes = bytes;
+    }
+
+    saved = errno;
+    if (rc != 0)
+        unlink(tmp);
+    if (rc == LINK_DECLINED && source_rewind(src) < 0) {
+        saved = src->read_errno;
+        seterr(err, errlen, "cannot read the answer image: %s",
+               strerror(saved));
+        rc = NB_EIO;
+    }
+    errno = saved;
+    return rc;
+}
+
+/*
+ * Writes the image in src (which started at offset start of its file) at
+ * path: in place when the source allows it, else by copying.
+ */
+static int
+write_output(struct source *src, enum format fmt, off_t start,
+             const char *path, const char *tmp, const char *dir,
+             const struct image_meta *m, struct image_info *info, char *err,
+             size_t errlen)
+{
+    struct inplace ip;
+    int rc = LINK_DECLINED;
+
+    if (fmt == FMT_PNG && start == 0 && inplace_possible(src->fd, dir, &ip))
+        rc = inplace_write(src, &ip, path, tmp, dir, m, info, err, errlen);
+    if (rc == LINK_DECLINED)
+        rc = write_file(src, fmt, path, tmp, dir, m, info, err, errlen);
+    return rc;
+}
+
 int
 image_write(int src_fd, const char *path, const struct image_meta *meta,
             struct image_info *info, char *err, size_t errlen)
 {
     struct source src;
-    enum format fmt;
+    enum format fmt = FMT_PNG;
     char tmp[PATH_MAX], dir[PATH_MAX];
+    off_t start;
     int rc;
 
     seterr(err, errlen, "%s", "");
@@ -1422,6 +1682,7 @@ image_write(int src_fd, const char *path, const struct image_meta *meta,
         return rc;
     }
 
+    start = lseek(src_fd, 0, SEEK_CUR);     /* -1 for a pipe */
     rc = source_init_fd(&src, src_fd);
     if (rc == 0)
         rc = source_fill(&src, MAGIC_LEN);
@@ -1435,7 +1696,8 @@ image_write(int src_fd, const char *path, const struct image_meta *meta,
     if (rc == 0)
         rc = make_folder(dir, err, errlen);
     if (rc == 0)
-        rc = write_file(&src, fmt, path, tmp, dir, meta, info, err, errlen);
+        rc = write_output(&src, fmt, start, path, tmp, dir, meta, info, err,
+                          errlen);
     if (rc == NB_ENOMEM && err != NULL && errlen > 0 && err[0] == '\0')
         seterr(err, errlen, "out of memory while writing %s", path);
     source_free(&src);
@@ -1535,18 +1797,25 @@ read_text_chunk(int fd, off_t off, uint32_t len, int64_t *job_id)
 }
 
 static int
-scan_for_job_id(int fd, int64_t *job_id)
+is_plain_text_type(const unsigned char *type)
+{
+    return memcmp(type, "iTXt", 4) == 0 || memcmp(type, "tEXt", 4) == 0;
+}
+
+/*
+ * Walks the chunk headers from off, reading the text chunks, until our
+ * chunk, IEND or, when idat_at is not NULL, the first IDAT, whose offset
+ * then goes to *idat_at (else it is -1).  Image data is skipped over,
+ * never read.  Returns 0 with *job_id set, NB_ENOTFOUND, or an error.
+ */
+static int
+walk_for_job_id(int fd, off_t off, off_t *idat_at, int64_t *job_id)
 {
     unsigned char head[8];
-    off_t off = 8;
     int rc;
 
-    rc = pread_full(fd, head, 8, 0);
-    if (rc < 0)
-        return rc;
-    if (memcmp(head, png_magic, 8) != 0)
-        return NB_EIMAGE;
-
+    if (idat_at != NULL)
+        *idat_at = -1;
     for (;;) {
         uint32_t len;
 
@@ -1556,17 +1825,109 @@ scan_for_job_id(int fd, int64_t *job_id)
         len = be32(head);
         if (len > PNG_CHUNK_MAX)
             return NB_EIMAGE;
-        if (memcmp(head + 4, "IDAT", 4) == 0 ||
-            memcmp(head + 4, "IEND", 4) == 0)
+        if (memcmp(head + 4, "IEND", 4) == 0)
             return NB_ENOTFOUND;
-        if (memcmp(head + 4, "iTXt", 4) == 0 ||
-            memcmp(head + 4, "tEXt", 4) == 0) {
+        if (idat_at != NULL && memcmp(head + 4, "IDAT", 4) == 0) {
+            *idat_at = off;
+            return NB_ENOTFOUND;
+        }
+        if (is_plain_text_type(head + 4)) {
             rc = read_text_chunk(fd, off, len, job_id);
             if (rc != NB_ENOTFOUND)
                 return rc;
         }
         off += (off_t)len + 12;
     }
+}
+
+/* 1 when the chunks from at lead exactly to an empty IEND at len. */
+static int
+chunks_reach_end(const unsigned char *buf, size_t len, size_t at)
+{
+    while (len - at >= 12) {
+        uint32_t n = be32(buf + at);
+
+        if (n > len - at - 12)
+            return 0;
+        if (memcmp(buf + at + 4, "IEND", 4) == 0)
+            return n == 0 && at + 12 == len;
+        at += 12 + (size_t)n;
+    }
+    return 0;
+}
+
+/*
+ * Looks for our chunk in the last TAIL_MAX bytes of the file, where the
+ * in-place path puts it: a "nbbatch" text chunk whose CRC holds and from
+ * which the chunk headers lead exactly to IEND at the end of the file (so
+ * bytes inside image data that merely look like one do not count).
+ * NB_ENOTFOUND when there is none there.
+ */
+static int
+tail_job_id(int fd, int64_t *job_id)
+{
+    static const char key[8] = "nbbatch";      /* with its NUL */
+    struct stat st;
+    unsigned char *buf, *p, *hit;
+    size_t len;
+    int rc;
+
+    if (fstat(fd, &st) < 0)
+        return NB_EIO;
+    len = st.st_size < TAIL_MAX ? (size_t)st.st_size : TAIL_MAX;
+    if (len < 12 + sizeof key)
+        return NB_ENOTFOUND;
+    buf = malloc(len);
+    if (buf == NULL)
+        return NB_ENOMEM;
+    rc = pread_full(fd, buf, len, st.st_size - (off_t)len);
+    if (rc == NB_EIMAGE)
+        rc = NB_ENOTFOUND;              /* shrank meanwhile: walk instead */
+    if (rc == 0)
+        rc = NB_ENOTFOUND;
+
+    for (p = buf; rc == NB_ENOTFOUND; p = hit + 1) {
+        size_t at;
+
+        hit = memmem(p, len - (size_t)(p - buf), key, sizeof key);
+        if (hit == NULL)
+            break;
+        if (hit - buf < 8 || !is_plain_text_type(hit - 4))
+            continue;
+        at = (size_t)(hit - buf) - 8;
+        if (chunks_reach_end(buf, len, at) &&
+            parse_meta_chunk(buf + at + 4, be32(buf + at), job_id) == 0)
+            rc = 0;
+    }
+    free(buf);
+    return rc;
+}
+
+/*
+ * A copied file carries our chunk right after IHDR, a file made in place
+ * just before IEND: the chunks before the first IDAT are looked at, then
+ * the end of the file, and only then every chunk header in between.
+ */
+static int
+scan_for_job_id(int fd, int64_t *job_id)
+{
+    unsigned char magic[8];
+    off_t idat_at;
+    int rc;
+
+    rc = pread_full(fd, magic, 8, 0);
+    if (rc < 0)
+        return rc;
+    if (memcmp(magic, png_magic, 8) != 0)
+        return NB_EIMAGE;
+
+    rc = walk_for_job_id(fd, 8, &idat_at, job_id);
+    if (rc != NB_ENOTFOUND || idat_at < 0)
+        return rc;
+    rc = tail_job_id(fd, job_id);
+    if (rc != NB_ENOTFOUND)
+        return rc;
+    return walk_for_job_id(fd, idat_at, NULL, job_id);
 }
 
 int

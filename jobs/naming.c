@@ -21,19 +21,40 @@
 #define SLUG_MAX 48
 #define NAME_MAX_BYTES 200
 
-/* Lowercase ASCII letters and digits of prompt joined by single '-'. */
-static void
+/* Each byte as it goes into a slug: lowercase letter or digit, else 0. */
+static const char slug_char[256] = {
+    ['0'] = '0', ['1'] = '1', ['2'] = '2', ['3'] = '3', ['4'] = '4',
+    ['5'] = '5', ['6'] = '6', ['7'] = '7', ['8'] = '8', ['9'] = '9',
+    ['a'] = 'a', ['b'] = 'b', ['c'] = 'c', ['d'] = 'd', ['e'] = 'e',
+    ['f'] = 'f', ['g'] = 'g', ['h'] = 'h', ['i'] = 'i', ['j'] = 'j',
+    ['k'] = 'k', ['l'] = 'l', ['m'] = 'm', ['n'] = 'n', ['o'] = 'o',
+    ['p'] = 'p', ['q'] = 'q', ['r'] = 'r', ['s'] = 's', ['t'] = 't',
+    ['u'] = 'u', ['v'] = 'v', ['w'] = 'w', ['x'] = 'x', ['y'] = 'y',
+    ['z'] = 'z',
+    ['A'] = 'a', ['B'] = 'b', ['C'] = 'c', ['D'] = 'd', ['E'] = 'e',
+    ['F'] = 'f', ['G'] = 'g', ['H'] = 'h', ['I'] = 'i', ['J'] = 'j',
+    ['K'] = 'k', ['L'] = 'l', ['M'] = 'm', ['N'] = 'n', ['O'] = 'o',
+    ['P'] = 'p', ['Q'] = 'q', ['R'] = 'r', ['S'] = 's', ['T'] = 't',
+    ['U'] = 'u', ['V'] = 'v', ['W'] = 'w', ['X'] = 'x', ['Y'] = 'y',
+    ['Z'] = 'z',
+};
+
+/*
+ * Lowercase ASCII letters and digits of prompt joined by single '-', in
+ * slug; returns its length.  A table lookup per byte: adding a million
+ * jobs makes a million slugs.
+ */
+static size_t
 make_slug(const char *prompt, char slug[SLUG_MAX + 1])
 {
+    const unsigned char *p = (const unsigned char *)(prompt ? prompt : "");
     size_t n = 0;
     int gap = 0;
 
-    for (const char *p = prompt != NULL ? prompt : ""; *p != '\0'; p++) {
-        unsigned char c = (unsigned char)*p;
+    for (; *p != '\0'; p++) {
+        char c = slug_char[*p];
 
-        if (c >= 'A' && c <= 'Z')
-            c = (unsigned char)(c - 'A' + 'a');
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))) {
+        if (c == 0) {
             gap = n > 0;
             continue;
         }
@@ -41,12 +62,15 @@ make_slug(const char *prompt, char slug[SLUG_MAX + 1])
             break;
         if (gap)
             slug[n++] = '-';
-        slug[n++] = (char)c;
+        slug[n++] = c;
         gap = 0;
     }
-    slug[n] = '\0';
-    if (n == 0)
+    if (n == 0) {
         memcpy(slug, "image", sizeof("image"));
+        return sizeof("image") - 1;
+    }
+    slug[n] = '\0';
+    return n;
 }
 
 static int
@@ -117,7 +141,7 @@ naming_path(const char *out, int64_t seq, const char *name,
 {
     char slug[SLUG_MAX + 1];
     const char *ext = "";
-    size_t out_len, need;
+    size_t out_len, need, slug_len = 0;
     char *p;
 
     if (out == NULL || out[0] != '/' || seq < 0)
@@ -137,8 +161,8 @@ naming_path(const char *out, int64_t seq, const char *name,
             ext = ".png";
         need = out_len + 1 + strlen(name) + strlen(ext);
     } else {
-        make_slug(prompt, slug);
-        need = out_len + 1 + seq_width(seq) + 1 + strlen(slug) + 4;
+        slug_len = make_slug(prompt, slug);
+        need = out_len + 1 + seq_width(seq) + 1 + slug_len + 4;
     }
     if (need >= len)
         return NB_ELIMIT;
@@ -153,7 +177,7 @@ naming_path(const char *out, int64_t seq, const char *name,
     } else {
         p = put_seq(p, seq);
         *p++ = '-';
-        p = put(p, slug, strlen(slug));
+        p = put(p, slug, slug_len);
         p = put(p, ".png", 4);
     }
     *p = '\0';

@@ -243,6 +243,8 @@ struct queue_batch_status {
     int64_t created_ms;
     int64_t counts[QUEUE_NSTATES];
     int64_t total;
+    double budget_usd;         /* 0: none */
+    double spent_usd;          /* sum of the batch's attempt costs */
 };
 
 /*
@@ -317,5 +319,47 @@ int queue_count_unfinished(struct queue *q, const char *batch, int64_t *n);
  */
 int queue_next_due(struct queue *q, const struct queue_filter *filter,
                    int64_t *due_ms);
+
+/* ---- scheduler state: quotas, parked models, breakers, spend ------------ */
+
+/*
+ * Returns a job this owner claimed but did not send (a quota or budget
+ * gate said no) to queued, with no attempt recorded.  NB_ELEASE when the
+ * job is not running under owner.
+ */
+int queue_unclaim(struct queue *q, int64_t job_id, const char *owner);
+
+/* Records that one request went to model at t_ms, so that every run on
+ * this database counts it against the model's quotas; rows older than
+ * two days are dropped now and then. */
+int queue_quota_note(struct queue *q, const char *model, int64_t t_ms);
+/* The send times of model at or after since_ms, ascending, in a new
+ * array *times (owned by the caller, free(); NULL when *n is 0). */
+int queue_quota_sends(struct queue *q, const char *model, int64_t since_ms,
+                      int64_t **times, size_t *n);
+
+/*
+ * A small named value shared by every run on this database (breaker
+ * records, parked models): queue_state_put stores value (NULL deletes);
+ * queue_state_get sets *value to a new string (free()) or NULL when
+ * there is none.  Names are the caller's ("breaker:EP:MODEL").
+ */
+int queue_state_put(struct queue *q, const char *name, const char *value,
+                    int64_t now_ms);
+int queue_state_get(struct queue *q, const char *name, char **value);
+/* Calls cb for every value whose name starts with prefix, by name. */
+int queue_state_list(struct queue *q, const char *prefix,
+                     int (*cb)(const char *name, const char *value,
+                               void *arg), void *arg);
+
+/*
+ * A batch's budget in USD (0: none).  Its spend is the sum of the costs
+ * of its recorded attempts, kept with the batch by queue_finish() (and
+ * shown by queue_status()).
+ */
+int queue_set_budget(struct queue *q, const char *batch, double usd);
+/* Budget and spend of the batch with id batch_id. */
+int queue_batch_money(struct queue *q, int64_t batch_id, double *budget_usd,
+                      double *spent_usd);
 
 #endif

@@ -11,14 +11,26 @@
  * rolls back at the end, printing what would have been added and what it
  * would cost.
  *
+ * Two threads share the work of a file.  The reader parses and validates
+ * lines, resolves and hashes reference images and computes every job key;
+ * the calling thread, which alone uses the queue, names the jobs (names
+ * take the batch's next ordinal, which only the queue knows) and inserts
+ * them.  Lines go between them through a bounded ring of records whose
+ * strings live in one fixed arena, so memory stays a few megabytes however
+ * long the file, and this file allocates nothing per line.  Errors come
+ * out as they would from one thread: the first bad line in file order is
+ * the one reported, whichever thread found it.
+ *
  * A reference image used by many lines is read and hashed once per
- * invocation (a table keyed by its absolute path).  Paths are made
- * absolute lexically ("." and repeated '/' dropped, ".." kept), never
- * through realpath(): an output folder need not exist yet.
+ * invocation (a table keyed by its absolute path, owned by the reader;
+ * the adder reads entries handed to it, which never move or change).
+ * Paths are made absolute lexically ("." and repeated '/' dropped, ".."
+ * kept), never through realpath(): an output folder need not exist yet.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -201,6 +213,272 @@ cache_free(struct ref_cache *c)
     memset(c, 0, sizeof(*c));
 }
 
+/* ---- handing lines from the reader to the adder ---------------------- */
+
+#define RING_RECS     4096          /* lines in flight */
+#define ARENA_BYTES   (4u << 20)    /* their strings and keys */
+#define PUBLISH_EVERY 64            /* lines handed over at once */
+
+/*
+ * One prompt line, validated, resolved and keyed by the reader, waiting to
+ * be named and queued by the adder.  Strings live in the ring's arena,
+ * reference images in the reader's cache (never freed before the end).
+ */
+struct line_rec {
+    long line;
+    const char *prompt;
+    const char *name;          /* NULL: named from seq and prompt */
+    const char *model;
+    const char *aspect;        /* may be NULL */
+    const char *size;          /* may be NULL */
+    const char *via;
+    const char *out_dir;       /* absolute; NULL: the batch's folder */
+    int count;
+    int priority;
+    int64_t not_before_ms;
+    int offpeak;
+    size_t n_refs;
+    const struct ref_node *refs[PROMPTFILE_MAX_IMAGES];
+    char (*keys)[65];          /* count keys; "" where hashing failed */
+    size_t held;               /* arena bytes it holds, waste included */
+};
+
+/*
+ * A bounded queue of line records between two threads.  Records and their
+ * arena bytes go out in order and come back in the same order, so the
+ * bytes in flight are one circular stretch of the arena and a record that
+ * does not fit before the end starts at 0, holding the tail as waste.
+ * Counts under the lock move in batches of PUBLISH_EVERY, so the lock is
+ * taken once per batch, not once per line.
+ */
+struct ring {
+    pthread_mutex_t lock;
+    pthread_cond_t not_full;
+    pthread_cond_t not_empty;
+    struct line_rec *recs;
+    char *arena;
+    size_t n_recs;             /* handed over and not given back */
+    size_t n_bytes;
+    int done;                  /* the reader has finished */
+    int stop;                  /* the adder failed: the reader stops */
+
+    /* the reader's own */
+    size_t w_rec, w_pos;       /* next record, next arena byte */
+    size_t pend_recs, pend_bytes;  /* written, not yet handed over */
+    size_t seen_recs, seen_bytes;  /* in flight when last looked */
+
+    /* the adder's own */
+    size_t r_rec;
+    size_t avail;              /* handed over, not yet read */
+    size_t took_recs, took_bytes;  /* read, not yet given back */
+};
+
+static int
+ring_init(struct ring *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->recs = calloc(RING_RECS, sizeof(*r->recs));
+    r->arena = malloc(ARENA_BYTES);
+    if (r->recs == NULL || r->arena == NULL)
+        goto fail;
+    if (pthread_mutex_init(&r->lock, NULL) != 0)
+        goto fail;
+    if (pthread_cond_init(&r->not_full, NULL) != 0) {
+        pthread_mutex_destroy(&r->lock);
+        goto fail;
+    }
+    if (pthread_cond_init(&r->not_empty, NULL) != 0) {
+        pthread_cond_destroy(&r->not_full);
+        pthread_mutex_destroy(&r->lock);
+        goto fail;
+    }
+    return 0;
+
+fail:
+    free(r->arena);
+    free(r->recs);
+    r->recs = NULL;
+    r->arena = NULL;
+    return NB_ENOMEM;
+}
+
+static void
+ring_free(struct ring *r)
+{
+    if (r->recs == NULL)
+        return;
+    pthread_cond_destroy(&r->not_empty);
+    pthread_cond_destroy(&r->not_full);
+    pthread_mutex_destroy(&r->lock);
+    free(r->arena);
+    free(r->recs);
+    r->recs = NULL;
+    r->arena = NULL;
+}
+
+/* Empties r for the next file (no thread is using it). */
+static void
+ring_reset(struct ring *r)
+{
+    r->n_recs = r->n_bytes = 0;
+    r->done = r->stop = 0;
+    r->w_rec = r->w_pos = 0;
+    r->pend_recs = r->pend_bytes = 0;
+    r->seen_recs = r->seen_bytes = 0;
+    r->r_rec = r->avail = 0;
+    r->took_recs = r->took_bytes = 0;
+}
+
+/* Reader, lock held: hands the written records over. */
+static void
+ring_publish_locked(struct ring *r)
+{
+    if (r->pend_recs > 0) {
+        r->n_recs += r->pend_recs;
+        r->n_bytes += r->pend_bytes;
+        r->pend_recs = r->pend_bytes = 0;
+        pthread_cond_signal(&r->not_empty);
+    }
+    r->seen_recs = r->n_recs;
+    r->seen_bytes = r->n_bytes;
+}
+
+/* Reader: hands the written records over; NB_ESTATE when told to stop. */
+static int
+ring_publish(struct ring *r)
+{
+    int stop;
+
+    pthread_mutex_lock(&r->lock);
+    ring_publish_locked(r);
+    stop = r->stop;
+    pthread_mutex_unlock(&r->lock);
+    return stop ? NB_ESTATE : 0;
+}
+
+/* Where a record of need bytes would start, and the waste it holds. */
+static size_t
+ring_place(const struct ring *r, size_t need, size_t *waste)
+{
+    if (r->seen_bytes + r->pend_bytes == 0) {
+        *waste = 0;            /* nothing in flight: start afresh */
+        return 0;
+    }
+    if (r->w_pos + need > ARENA_BYTES) {
+        *waste = ARENA_BYTES - r->w_pos;
+        return 0;
+    }
+    *waste = 0;
+    return r->w_pos;
+}
+
+static int
+ring_has_room(const struct ring *r, size_t need)
+{
+    size_t waste;
+
+    ring_place(r, need, &waste);
+    return r->seen_recs + r->pend_recs < RING_RECS &&
+        r->seen_bytes + r->pend_bytes + waste + need <= ARENA_BYTES;
+}
+
+/*
+ * Reader: the next record and need bytes of arena for it, waiting for the
+ * adder to give some back when the ring is full.  NB_ESTATE when the
+ * adder failed.
+ */
+static int
+ring_reserve(struct ring *r, size_t need, struct line_rec **rec, char **mem)
+{
+    size_t waste, at;
+    int stop = 0;
+
+    if (need > ARENA_BYTES)
+        return NB_ELIMIT;
+    if (!ring_has_room(r, need)) {
+        pthread_mutex_lock(&r->lock);
+        ring_publish_locked(r);
+        while (!r->stop && !ring_has_room(r, need)) {
+            pthread_cond_wait(&r->not_full, &r->lock);
+            r->seen_recs = r->n_recs;
+            r->seen_bytes = r->n_bytes;
+        }
+        stop = r->stop;
+        pthread_mutex_unlock(&r->lock);
+        if (stop)
+            return NB_ESTATE;
+    }
+    at = ring_place(r, need, &waste);
+    *rec = &r->recs[r->w_rec % RING_RECS];
+    (*rec)->held = waste + need;
+    *mem = r->arena + at;
+    r->w_pos = at + need;
+    return 0;
+}
+
+/* Reader: the reserved record is filled in. */
+static int
+ring_commit(struct ring *r, struct line_rec *rec)
+{
+    r->w_rec++;
+    r->pend_recs++;
+    r->pend_bytes += rec->held;
+    return r->pend_recs >= PUBLISH_EVERY ? ring_publish(r) : 0;
+}
+
+/* Reader: no more records. */
+static void
+ring_finish(struct ring *r)
+{
+    pthread_mutex_lock(&r->lock);
+    ring_publish_locked(r);
+    r->done = 1;
+    pthread_cond_signal(&r->not_empty);
+    pthread_mutex_unlock(&r->lock);
+}
+
+/*
+ * Adder: the next record in file order, or NULL at the end.  The record
+ * stays valid until the next call, which gives it back.
+ */
+static struct line_rec *
+ring_take(struct ring *r)
+{
+    struct line_rec *rec;
+
+    if (r->avail == 0) {
+        pthread_mutex_lock(&r->lock);
+        if (r->took_recs > 0) {
+            r->n_recs -= r->took_recs;
+            r->n_bytes -= r->took_bytes;
+            r->took_recs = r->took_bytes = 0;
+            pthread_cond_signal(&r->not_full);
+        }
+        while (r->n_recs == 0 && !r->done)
+            pthread_cond_wait(&r->not_empty, &r->lock);
+        r->avail = r->n_recs;
+        pthread_mutex_unlock(&r->lock);
+        if (r->avail == 0)
+            return NULL;
+    }
+    rec = &r->recs[r->r_rec % RING_RECS];
+    r->r_rec++;
+    r->avail--;
+    r->took_recs++;
+    r->took_bytes += rec->held;
+    return rec;
+}
+
+/* Adder: tells the reader to stop. */
+static void
+ring_stop(struct ring *r)
+{
+    pthread_mutex_lock(&r->lock);
+    r->stop = 1;
+    pthread_cond_signal(&r->not_full);
+    pthread_mutex_unlock(&r->lock);
+}
+
 /* ---- the add -------------------------------------------------------- */
 
 /* New images per model and size, for --dry-run's estimate. */
@@ -210,41 +488,55 @@ struct cost_row {
     int64_t images;
 };
 
+/* Where one side of an add stopped, and the exit status it asks for. */
+struct add_fail {
+    int rc;                    /* NB_E code of the failure, 0: none */
+    int status;                /* exit status, 0: decided by add_file */
+    struct promptfile_error err;
+};
+
 struct add {
+    /* the adder's (the calling thread's) */
     struct queue *q;
     int64_t batch_id;
     int64_t next_seq;
     char out_dir[PATH_MAX];    /* the batch's folder */
     const char *file;          /* as the user named it, for messages */
-    char base_dir[PATH_MAX];   /* relative paths in the file start here */
     int batch_mode;            /* --via batch: Batch API prices */
     int dry_run;
     int64_t added;
     int64_t existing;
-    int status;                /* exit status of a failed callback, or 0 */
-    struct ref_cache refs;
     struct cost_row *costs;
     size_t n_costs;
+    struct add_fail add_fail;
+
+    /* the reader's, set before it starts */
+    FILE *in;
+    const struct promptfile_defaults *defaults;
+    char base_dir[PATH_MAX];   /* relative paths in the file start here */
+    struct ref_cache refs;
+    struct add_fail read_fail;
+
+    struct ring ring;
 };
 
 static int
-entry_fail(struct add *a, const struct promptfile_entry *e,
-           struct promptfile_error *err, int status, int code,
-           const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 7, 8)));
+fail_at(struct add_fail *f, long line, int status, int code,
+        const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
 
 static int
-entry_fail(struct add *a, const struct promptfile_entry *e,
-           struct promptfile_error *err, int status, int code,
-           const char *field, const char *fmt, ...)
+fail_at(struct add_fail *f, long line, int status, int code,
+        const char *field, const char *fmt, ...)
 {
     va_list ap;
 
-    a->status = status;
-    err->line = e->line;
-    snprintf(err->field, sizeof(err->field), "%s", field);
+    f->rc = code;
+    f->status = status;
+    f->err.line = line;
+    snprintf(f->err.field, sizeof(f->err.field), "%s", field);
     va_start(ap, fmt);
-    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    vsnprintf(f->err.message, sizeof(f->err.message), fmt, ap);
     va_end(ap);
     return code;
 }
@@ -281,12 +573,14 @@ count_cost(struct add *a, const char *model, const char *size)
     return 0;
 }
 
+/* ---- the reader: lines to keyed records ------------------------------ */
+
 /* Resolves and hashes the entry's reference images into refs. */
 static int
 resolve_refs(struct add *a, const struct promptfile_entry *e,
-             struct queue_ref *refs, const char **hexes,
-             struct promptfile_error *err)
+             const struct ref_node **refs)
 {
+    struct add_fail *f = &a->read_fail;
     char path[PATH_MAX];
     char hex[65];
     const char *mime;
@@ -295,139 +589,255 @@ resolve_refs(struct add *a, const struct promptfile_entry *e,
 
     for (size_t i = 0; i < e->n_images; i++) {
         if (abs_path(a->base_dir, e->images[i], path, sizeof(path)) != 0)
-            return entry_fail(a, e, err, EXIT_DATAERR, NB_ELIMIT, "images",
-                              "path too long");
+            return fail_at(f, e->line, EXIT_DATAERR, NB_ELIMIT, "images",
+                           "path too long");
         node = cache_find(&a->refs, path);
         if (node == NULL) {
             rc = jobkey_file(path, hex, &mime);
             if (rc == NB_EIO)
-                return entry_fail(a, e, err, EXIT_DATAERR, rc, "images",
-                                  "cannot read %s: %s", path,
-                                  strerror(errno));
+                return fail_at(f, e->line, EXIT_DATAERR, rc, "images",
+                               "cannot read %s: %s", path, strerror(errno));
             if (rc != 0)
-                return entry_fail(a, e, err, EXIT_DATAERR, rc, "images",
-                                  "%s is not a PNG, JPEG, WebP or HEIC "
-                                  "image", path);
+                return fail_at(f, e->line, EXIT_DATAERR, rc, "images",
+                               "%s is not a PNG, JPEG, WebP or HEIC image",
+                               path);
             node = cache_put(&a->refs, path, hex);
             if (node == NULL)
-                return entry_fail(a, e, err, EXIT_SOFTWARE, NB_ENOMEM,
-                                  "images", "out of memory");
+                return fail_at(f, e->line, EXIT_SOFTWARE, NB_ENOMEM,
+                               "images", "out of memory");
         }
-        refs[i].path = node->path;
-        refs[i].sha256_hex = node->hex;
-        hexes[i] = node->hex;
+        refs[i] = node;
     }
     return 0;
 }
 
-/* The final path of image index of entry e, in path. */
-static int
-job_path(struct add *a, const struct promptfile_entry *e, const char *dir,
-         int index, char *path, size_t len, struct promptfile_error *err)
+static size_t
+str_size(const char *s)
 {
-    const char *name = e->name;
+    return s != NULL ? strlen(s) + 1 : 0;
+}
+
+/* Copies s (NULL stays NULL) to *mem and moves *mem past it. */
+static const char *
+str_put(char **mem, const char *s)
+{
+    char *copy = *mem;
+    size_t n = str_size(s);
+
+    if (s == NULL)
+        return NULL;
+    memcpy(copy, s, n);
+    *mem += n;
+    return copy;
+}
+
+/* The line's job keys, one per image of its count. */
+static void
+make_keys(const struct promptfile_entry *e, const struct ref_node **refs,
+          char (*keys)[65])
+{
+    const char *hexes[PROMPTFILE_MAX_IMAGES];
+
+    for (size_t i = 0; i < e->n_images; i++)
+        hexes[i] = refs[i]->hex;
+    for (int i = 0; i < e->count; i++)
+        jobkey_compute(e->model, e->prompt, e->aspect, e->size, hexes,
+                       e->n_images, i, keys[i]);
+}
+
+/* The parser's callback: one entry into one record of the ring. */
+static int
+read_entry(const struct promptfile_entry *e, void *arg,
+           struct promptfile_error *err)
+{
+    struct add *a = arg;
+    const struct ref_node *refs[PROMPTFILE_MAX_IMAGES];
+    char line_out[PATH_MAX];
+    const char *out = NULL;
+    struct line_rec *rec;
+    size_t need;
+    char *mem;
+    int rc;
+
+    rc = resolve_refs(a, e, refs);
+    if (rc != 0)
+        return rc;
+    if (e->out != NULL) {
+        if (abs_path(a->base_dir, e->out, line_out, sizeof(line_out)) != 0)
+            return fail_at(&a->read_fail, e->line, EXIT_DATAERR, NB_ELIMIT,
+                           "out", "path too long");
+        out = line_out;
+    }
+
+    need = (size_t)e->count * 65 + str_size(e->prompt) + str_size(e->name) +
+        str_size(e->model) + str_size(e->aspect) + str_size(e->size) +
+        str_size(e->via) + str_size(out);
+    rc = ring_reserve(&a->ring, need, &rec, &mem);
+    if (rc == NB_ELIMIT)
+        return fail_at(&a->read_fail, e->line, EXIT_DATAERR, rc, "line",
+                       "too long");
+    if (rc != 0)
+        return rc;
+
+    rec->keys = (char (*)[65])mem;
+    make_keys(e, refs, rec->keys);
+    mem += (size_t)e->count * 65;
+    rec->line = e->line;
+    rec->prompt = str_put(&mem, e->prompt);
+    rec->name = str_put(&mem, e->name);
+    rec->model = str_put(&mem, e->model);
+    rec->aspect = str_put(&mem, e->aspect);
+    rec->size = str_put(&mem, e->size);
+    rec->via = str_put(&mem, e->via);
+    rec->out_dir = str_put(&mem, out);
+    rec->count = e->count;
+    rec->priority = e->priority;
+    rec->not_before_ms = e->not_before_ms;
+    rec->offpeak = e->offpeak;
+    rec->n_refs = e->n_images;
+    memcpy(rec->refs, refs, e->n_images * sizeof(refs[0]));
+    return ring_commit(&a->ring, rec);
+}
+
+/* The reading thread: parses the whole file into the ring. */
+static void *
+reader_main(void *arg)
+{
+    struct add *a = arg;
+    int rc;
+
+    rc = promptfile_parse(a->in, a->defaults, read_entry, a,
+                          &a->read_fail.err);
+    a->read_fail.rc = rc;
+    ring_finish(&a->ring);
+    return NULL;
+}
+
+/* ---- the adder: records to named jobs -------------------------------- */
+
+/* The final path of image index of rec, in path. */
+static int
+job_path(struct add *a, const struct line_rec *rec, int index, char *path,
+         size_t len)
+{
+    const char *dir = rec->out_dir != NULL ? rec->out_dir : a->out_dir;
+    const char *name = rec->name;
     char indexed[256];
     int rc = 0;
 
     /* images of a named line are told apart by 1-based numbers */
-    if (name != NULL && e->count > 1) {
+    if (name != NULL && rec->count > 1) {
         rc = naming_with_index(name, index + 1, indexed, sizeof(indexed));
         name = indexed;
     }
     if (rc == 0)
-        rc = naming_path(dir, a->next_seq, name, e->prompt, path, len);
+        rc = naming_path(dir, a->next_seq, name, rec->prompt, path, len);
     if (rc == NB_EINVAL)
-        return entry_fail(a, e, err, EXIT_DATAERR, rc, "name",
-                          "not a usable file name (no '/', no leading '.', "
-                          "no control characters, at most 200 bytes)");
+        return fail_at(&a->add_fail, rec->line, EXIT_DATAERR, rc, "name",
+                       "not a usable file name (no '/', no leading '.', "
+                       "no control characters, at most 200 bytes)");
     if (rc != 0)
-        return entry_fail(a, e, err, EXIT_DATAERR, rc, e->name ? "name" :
-                          "out", "output path too long");
+        return fail_at(&a->add_fail, rec->line, EXIT_DATAERR, rc,
+                       rec->name ? "name" : "out", "output path too long");
     return 0;
 }
 
-/* Queues image index of entry e. */
+/* Queues image index of rec. */
 static int
-add_one(struct add *a, const struct promptfile_entry *e,
-        struct queue_new_job *job, const char *dir, int index,
-        const char **hexes, struct promptfile_error *err)
+add_one(struct add *a, const struct line_rec *rec, struct queue_new_job *job,
+        int index)
 {
-    char key[65], path[PATH_MAX];
+    struct add_fail *f = &a->add_fail;
+    char path[PATH_MAX];
     int64_t conflict = 0;
     int added = 0, rc;
 
-    jobkey_compute(e->model, e->prompt, e->aspect, e->size, hexes,
-                   e->n_images, index, key);
-    if (key[0] == '\0')
-        return entry_fail(a, e, err, EXIT_SOFTWARE, NB_ENOMEM, "prompt",
-                          "out of memory");
-    rc = job_path(a, e, dir, index, path, sizeof(path), err);
+    if (rec->keys[index][0] == '\0')
+        return fail_at(f, rec->line, EXIT_SOFTWARE, NB_ENOMEM, "prompt",
+                       "out of memory");
+    rc = job_path(a, rec, index, path, sizeof(path));
     if (rc != 0)
         return rc;
 
-    job->key = key;
+    job->key = rec->keys[index];
     job->out_path = path;
     job->count_index = index;
     rc = queue_add_job(a->q, a->batch_id, a->next_seq, job, &added,
                        &conflict);
     if (rc == NB_EEXIST)
-        return entry_fail(a, e, err, EXIT_DATAERR, rc, "name",
-                          "%s is already the output of job %lld", path,
-                          (long long)conflict);
+        return fail_at(f, rec->line, EXIT_DATAERR, rc, "name",
+                       "%s is already the output of job %lld", path,
+                       (long long)conflict);
     if (rc != 0)
-        return entry_fail(a, e, err, EXIT_IOERR, rc, "", "database: %s",
-                          queue_errmsg(a->q));
+        return fail_at(f, rec->line, EXIT_IOERR, rc, "", "database: %s",
+                       queue_errmsg(a->q));
     if (!added) {
         a->existing++;
         return 0;
     }
     a->added++;
     a->next_seq++;
-    if (a->dry_run && count_cost(a, e->model, e->size) != 0)
-        return entry_fail(a, e, err, EXIT_SOFTWARE, NB_ENOMEM, "",
-                          "out of memory");
+    if (a->dry_run && count_cost(a, rec->model, rec->size) != 0)
+        return fail_at(f, rec->line, EXIT_SOFTWARE, NB_ENOMEM, "",
+                       "out of memory");
     return 0;
 }
 
 static int
-add_entry(const struct promptfile_entry *e, void *arg,
-          struct promptfile_error *err)
+add_line(struct add *a, const struct line_rec *rec)
 {
-    struct add *a = arg;
     struct queue_ref refs[PROMPTFILE_MAX_IMAGES];
-    const char *hexes[PROMPTFILE_MAX_IMAGES];
-    char line_out[PATH_MAX];
-    const char *dir = a->out_dir;
     struct queue_new_job job;
     int rc;
 
-    rc = resolve_refs(a, e, refs, hexes, err);
-    if (rc != 0)
-        return rc;
-    if (e->out != NULL) {
-        if (abs_path(a->base_dir, e->out, line_out, sizeof(line_out)) != 0)
-            return entry_fail(a, e, err, EXIT_DATAERR, NB_ELIMIT, "out",
-                              "path too long");
-        dir = line_out;
+    for (size_t i = 0; i < rec->n_refs; i++) {
+        refs[i].path = rec->refs[i]->path;
+        refs[i].sha256_hex = rec->refs[i]->hex;
     }
-
     memset(&job, 0, sizeof(job));
-    job.prompt = e->prompt;
-    job.model = e->model;
-    job.aspect = e->aspect;
-    job.size = e->size;
-    job.via = e->via;
-    job.priority = e->priority;
-    job.not_before_ms = e->not_before_ms;
-    job.offpeak = e->offpeak;
-    job.n_refs = e->n_images;
+    job.prompt = rec->prompt;
+    job.model = rec->model;
+    job.aspect = rec->aspect;
+    job.size = rec->size;
+    job.via = rec->via;
+    job.priority = rec->priority;
+    job.not_before_ms = rec->not_before_ms;
+    job.offpeak = rec->offpeak;
+    job.n_refs = rec->n_refs;
     job.refs = refs;
-    for (int i = 0; i < e->count; i++) {
-        rc = add_one(a, e, &job, dir, i, hexes, err);
+    for (int i = 0; i < rec->count; i++) {
+        rc = add_one(a, rec, &job, i);
         if (rc != 0)
             return rc;
     }
     return 0;
+}
+
+/*
+ * Names and queues what the reader hands over, then waits for the reader.
+ * Returns the side that failed first in file order, or NULL: every record
+ * the reader handed over comes from a line before the one it failed on, so
+ * an adder's failure is always the earlier one.  After an adder's failure
+ * the reader stops at its next hand-over (a stalled pipe holds it until
+ * its next line or its end).
+ */
+static const struct add_fail *
+add_records(struct add *a, pthread_t reader)
+{
+    const struct line_rec *rec;
+    int rc = 0;
+
+    while ((rec = ring_take(&a->ring)) != NULL) {
+        rc = add_line(a, rec);
+        if (rc != 0) {
+            ring_stop(&a->ring);
+            break;
+        }
+    }
+    pthread_join(reader, NULL);
+    if (rc != 0)
+        return &a->add_fail;
+    return a->read_fail.rc != 0 ? &a->read_fail : NULL;
 }
 
 /* ---- command line --------------------------------------------------- */
@@ -668,12 +1078,15 @@ print_dry_run(struct add *a, const char *batch)
     printf("\n");
 }
 
-/* Parses one file into the open add transaction. */
+/*
+ * Parses one file into the open add transaction: a second thread reads,
+ * checks and keys the lines while this one names and queues them.
+ */
 static int
-add_file(struct add *a, const struct promptfile_defaults *d,
-         const char *cwd, const char *file)
+add_file(struct add *a, const char *cwd, const char *file)
 {
-    struct promptfile_error err;
+    const struct add_fail *f;
+    pthread_t reader;
     FILE *in;
     int rc;
 
@@ -688,23 +1101,33 @@ add_file(struct add *a, const struct promptfile_defaults *d,
         return EXIT_NOINPUT;
     }
 
-    a->status = 0;
-    rc = promptfile_parse(in, d, add_entry, a, &err);
+    memset(&a->read_fail, 0, sizeof(a->read_fail));
+    memset(&a->add_fail, 0, sizeof(a->add_fail));
+    ring_reset(&a->ring);
+    a->in = in;
+    rc = pthread_create(&reader, NULL, reader_main, a);
+    if (rc != 0) {
+        log_error("add: cannot start a thread: %s", strerror(rc));
+        if (in != stdin)
+            fclose(in);
+        return EXIT_SOFTWARE;
+    }
+    f = add_records(a, reader);
     if (in != stdin)
         fclose(in);
-    if (rc == 0)
+    if (f == NULL)
         return EXIT_OK;
 
-    if (a->status == 0 && rc == NB_EIO) {
-        log_error("%s: %s", a->file, err.message);
+    if (f->status == 0 && f->rc == NB_EIO) {
+        log_error("%s: %s", a->file, f->err.message);
         return EXIT_NOINPUT;
     }
-    if (err.field[0] != '\0')
-        log_error("%s:%ld: %s: %s", a->file, err.line, err.field,
-                  err.message);
+    if (f->err.field[0] != '\0')
+        log_error("%s:%ld: %s: %s", a->file, f->err.line, f->err.field,
+                  f->err.message);
     else
-        log_error("%s:%ld: %s", a->file, err.line, err.message);
-    return a->status != 0 ? a->status : EXIT_DATAERR;
+        log_error("%s:%ld: %s", a->file, f->err.line, f->err.message);
+    return f->status != 0 ? f->status : EXIT_DATAERR;
 }
 
 static int
@@ -730,7 +1153,7 @@ run_add(struct add *a, struct add_opts *o, char **files, int n_files,
                  batch, a->out_dir);
 
     for (int i = 0; i < n_files; i++) {
-        rc = add_file(a, &o->d, cwd, files[i]);
+        rc = add_file(a, cwd, files[i]);
         if (rc != EXIT_OK) {
             queue_add_rollback(a->q);
             return rc;
@@ -786,11 +1209,18 @@ cmd_add(int argc, char **argv)
     }
     a->dry_run = o.dry_run;
     a->batch_mode = strcmp(o.d.via, "batch") == 0;
+    a->defaults = &o.d;
+    if (ring_init(&a->ring) != 0) {
+        log_error("add: out of memory");
+        free(a);
+        return EXIT_SOFTWARE;
+    }
     rc = cli_open_queue(o.db, &a->q);
     if (rc == EXIT_OK)
         rc = run_add(a, &o, argv + optind, argc - optind, batch, cwd);
 
     queue_close(a->q);
+    ring_free(&a->ring);
     cache_free(&a->refs);
     for (size_t i = 0; i < a->n_costs; i++)
         free(a->costs[i].model);

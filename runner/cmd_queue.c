@@ -446,6 +446,8 @@ struct batch_row {
     int64_t created_ms;
     int64_t counts[QUEUE_NSTATES];
     int64_t total;
+    double budget_usd;
+    double spent_usd;
 };
 
 struct batch_rows {
@@ -482,6 +484,8 @@ collect_batch(const struct queue_batch_status *s, void *arg)
     r->created_ms = s->created_ms;
     memcpy(r->counts, s->counts, sizeof(r->counts));
     r->total = s->total;
+    r->budget_usd = s->budget_usd;
+    r->spent_usd = s->spent_usd;
     return 0;
 }
 
@@ -508,6 +512,7 @@ status_json(const struct batch_rows *br)
 {
     struct jb top = {json_object(), 0}, sum = {json_object(), 0};
     int64_t counts[QUEUE_NSTATES] = {0}, total = 0;
+    double spent = 0;
     json_t *arr = json_array();
 
     for (size_t i = 0; arr != NULL && i < br->n; i++) {
@@ -520,13 +525,18 @@ status_json(const struct batch_rows *br)
         put(&b, "paused", json_boolean(r->paused));
         put_time(&b, "created", r->created_ms);
         put_counts(&b, r->counts, r->total);
+        put(&b, "spent_usd", json_real(r->spent_usd));
+        put(&b, "budget_usd", r->budget_usd > 0 ?
+            json_real(r->budget_usd) : json_null());
         if (json_array_append_new(arr, jb_done(&b)) != 0)
             top.bad = 1;
+        spent += r->spent_usd;
         for (int s = 0; s < QUEUE_NSTATES; s++)
             counts[s] += r->counts[s];
         total += r->total;
     }
     put_counts(&sum, counts, total);
+    put(&sum, "spent_usd", json_real(spent));
     put(&top, "batches", arr);
     put(&top, "total", jb_done(&sum));
     return print_json(jb_done(&top), "\n");
@@ -534,16 +544,21 @@ status_json(const struct batch_rows *br)
 
 static void
 status_line(const char *name, int name_w, const int64_t *c, int64_t total,
-            const char *paused, const char *folder)
+            double spent, double budget, const char *paused,
+            const char *folder)
 {
-    char images[48];
+    char images[48], money[48];
 
     snprintf(images, sizeof(images), "%" PRId64 "/%" PRId64,
              c[QUEUE_DONE], total);
+    if (budget > 0)
+        snprintf(money, sizeof(money), "$%.2f/%.2f", spent, budget);
+    else
+        snprintf(money, sizeof(money), "$%.2f", spent);
     printf("%-*s %7" PRId64 " %7" PRId64 " %7" PRId64 " %7" PRId64 " %7"
-           PRId64 " %9" PRId64 " %13s", name_w, name, c[QUEUE_QUEUED],
+           PRId64 " %9" PRId64 " %13s %13s", name_w, name, c[QUEUE_QUEUED],
            c[QUEUE_RUNNING], c[QUEUE_DONE], c[QUEUE_FAILED],
-           c[QUEUE_BLOCKED], c[QUEUE_CANCELLED], images);
+           c[QUEUE_BLOCKED], c[QUEUE_CANCELLED], images, money);
     if (paused != NULL)
         printf("  %-6s %s", paused, folder);
     putchar('\n');
@@ -553,6 +568,7 @@ static void
 status_table(const struct batch_rows *br)
 {
     int64_t counts[QUEUE_NSTATES] = {0}, total = 0;
+    double spent = 0;
     int name_w = 5;
 
     if (br->n == 0) {
@@ -565,20 +581,21 @@ status_table(const struct batch_rows *br)
         if (len > name_w)
             name_w = len < 40 ? len : 40;
     }
-    printf("%-*s %7s %7s %7s %7s %7s %9s %13s  %-6s %s\n", name_w, "BATCH",
-           "QUEUED", "RUNNING", "DONE", "FAILED", "BLOCKED", "CANCELLED",
-           "IMAGES", "PAUSED", "FOLDER");
+    printf("%-*s %7s %7s %7s %7s %7s %9s %13s %13s  %-6s %s\n", name_w,
+           "BATCH", "QUEUED", "RUNNING", "DONE", "FAILED", "BLOCKED",
+           "CANCELLED", "IMAGES", "SPENT", "PAUSED", "FOLDER");
     for (size_t i = 0; i < br->n; i++) {
         const struct batch_row *r = &br->rows[i];
 
-        status_line(r->name, name_w, r->counts, r->total,
-                    r->paused ? "yes" : "no", r->out_dir);
+        status_line(r->name, name_w, r->counts, r->total, r->spent_usd,
+                    r->budget_usd, r->paused ? "yes" : "no", r->out_dir);
         for (int s = 0; s < QUEUE_NSTATES; s++)
             counts[s] += r->counts[s];
         total += r->total;
+        spent += r->spent_usd;
     }
     if (br->n > 1)
-        status_line("total", name_w, counts, total, NULL, NULL);
+        status_line("total", name_w, counts, total, spent, 0, NULL, NULL);
 }
 
 int
@@ -955,4 +972,32 @@ int
 cmd_resume(int argc, char **argv)
 {
     return set_paused(argc, argv, 0);
+}
+
+int
+cmd_budget(int argc, char **argv)
+{
+    struct queue *q = NULL;
+    struct opts o;
+    char *end;
+    double usd;
+    int rc;
+
+    if ((rc = parse_opts(argc, argv, OPT_DB, 2, 2, &o)) != 0)
+        return rc < 0 ? EXIT_OK : rc;
+    usd = strtod(o.args[1], &end);
+    if (end == o.args[1] || *end != '\0' || !(usd >= 0) || usd > 1e9) {
+        log_error("budget: '%s' is not an amount in USD", o.args[1]);
+        return EXIT_USAGE;
+    }
+    if ((rc = cli_open_queue(o.db, &q)) != EXIT_OK)
+        return rc;
+    if ((rc = queue_set_budget(q, o.args[0], usd)) != 0)
+        rc = queue_fail(&o, q, rc);
+    else if (usd > 0)
+        printf("budget of batch %s: $%.2f\n", o.args[0], usd);
+    else
+        printf("batch %s has no budget\n", o.args[0]);
+    queue_close(q);
+    return rc;
 }

@@ -138,6 +138,15 @@ supports_generate(const char *body)
     return found;
 }
 
+/* "." to end a sentence that does not end with one already. */
+static const char *
+stop_after(const char *msg)
+{
+    size_t n = strlen(msg);
+
+    return (n > 0 && msg[n - 1] == '.') ? "" : ".";
+}
+
 static void
 explain_error(struct doctor *d, const char *check, const char *body,
               size_t len, const struct http_result *hr)
@@ -146,7 +155,7 @@ explain_error(struct doctor *d, const char *check, const char *body,
 
     answer_classify_error(body, len, hr->http_status,
                           hr->retry_after[0] ? hr->retry_after : NULL, &ar);
-    report(d, check, 0, "%s. To fix: %s", ar.message,
+    report(d, check, 0, "%s%s To fix: %s", ar.message, stop_after(ar.message),
            advice_for(hr->http_status, ar.reason, ar.api_status));
 }
 
@@ -169,11 +178,15 @@ check_model(struct doctor *d, int have_key)
         free(body);
         return -1;
     }
-    report(d, "connect", 1, "answered in %.0f ms (connect %.0f ms, TLS "
-           "%.0f ms, first byte %.0f ms)", hr.total_s * 1000,
-           hr.connect_s * 1000,
-           hr.appconnect_s > 0 ? (hr.appconnect_s - hr.connect_s) * 1000 : 0,
-           hr.starttransfer_s * 1000);
+    if (hr.appconnect_s > 0)
+        report(d, "connect", 1, "answered in %.0f ms (connect %.0f ms, TLS "
+               "%.0f ms, first byte %.0f ms)", hr.total_s * 1000,
+               hr.connect_s * 1000, (hr.appconnect_s - hr.connect_s) * 1000,
+               hr.starttransfer_s * 1000);
+    else
+        report(d, "connect", 1, "answered in %.0f ms (connect %.0f ms, no "
+               "TLS, first byte %.0f ms)", hr.total_s * 1000,
+               hr.connect_s * 1000, hr.starttransfer_s * 1000);
     if (hr.http_status == 200) {
         if (have_key)
             report(d, "key", 1, "accepted by the API");
@@ -224,8 +237,8 @@ check_generate(struct doctor *d)
                     hr.transport_error ? hr.error : NULL,
                     hr.retry_after[0] ? hr.retry_after : NULL, &ar);
     if (ar.cls != ANSWER_OK) {
-        report(d, "generate", 0, "%s (%s). To fix: %s", ar.message,
-               answer_class_name(ar.cls),
+        report(d, "generate", 0, "%s%s (%s answer) To fix: %s", ar.message,
+               stop_after(ar.message), answer_class_name(ar.cls),
                advice_for(ar.http_status, ar.reason, ar.api_status));
         goto out;
     }

@@ -22,6 +22,7 @@
 struct http_xfer {
     CURL *easy;
     struct curl_slist *headers;
+    char *key_header;            /* a per-request key line, wiped */
     char *body;
     http_body_cb on_body;
     void *user;
@@ -116,6 +117,15 @@ fail_quiet:
     return NULL;
 }
 
+/* Frees a header list, wiping its lines: one of them may hold a key. */
+static void
+headers_free(struct curl_slist *l)
+{
+    for (struct curl_slist *i = l; i != NULL; i = i->next)
+        explicit_bzero(i->data, strlen(i->data));
+    curl_slist_free_all(l);
+}
+
 static void
 xfer_destroy(struct http_xfer *x)
 {
@@ -123,7 +133,8 @@ xfer_destroy(struct http_xfer *x)
         return;
     if (x->easy != NULL)
         curl_easy_cleanup(x->easy);
-    curl_slist_free_all(x->headers);
+    headers_free(x->headers);
+    wipe_free(x->key_header);
     free(x->body);
     free(x);
 }
@@ -273,8 +284,10 @@ xfer_get(struct http *h)
 static void
 xfer_put(struct http *h, struct http_xfer *x)
 {
-    curl_slist_free_all(x->headers);
+    headers_free(x->headers);
     x->headers = NULL;
+    wipe_free(x->key_header);
+    x->key_header = NULL;
     free(x->body);
     x->body = NULL;
     x->next = h->free_list;
@@ -282,7 +295,8 @@ xfer_put(struct http *h, struct http_xfer *x)
 }
 
 static int
-build_url(const struct http *h, const char *path, char **url)
+build_url(const struct http *h, const char *base, const char *path,
+          char **url)
 {
     size_t n;
 
@@ -291,22 +305,34 @@ build_url(const struct http *h, const char *path, char **url)
         *url = strdup(path);
         return *url != NULL ? 0 : NB_ENOMEM;
     }
-    n = strlen(h->base_url) + strlen(path) + 1;
+    if (base == NULL)
+        base = h->base_url;
+    n = strlen(base) + strlen(path) + 1;
     *url = malloc(n);
     if (*url == NULL)
         return NB_ENOMEM;
-    snprintf(*url, n, "%s%s", h->base_url, path);
+    snprintf(*url, n, "%s%s", base, path);
     return 0;
 }
 
 static int
-add_headers(struct http *h, struct http_xfer *x, const char *const *extra,
-            int has_body)
+add_headers(struct http *h, struct http_xfer *x, const char *api_key,
+            const char *const *extra, int has_body)
 {
     struct curl_slist *l = NULL, *t;
+    const char *key_line = h->key_header;
 
-    if (h->key_header != NULL) {
-        l = curl_slist_append(l, h->key_header);
+    if (api_key != NULL) {
+        size_t n = strlen(api_key) + sizeof("x-goog-api-key: ");
+
+        x->key_header = malloc(n);
+        if (x->key_header == NULL)
+            return NB_ENOMEM;
+        snprintf(x->key_header, n, "x-goog-api-key: %s", api_key);
+        key_line = x->key_header;
+    }
+    if (key_line != NULL) {
+        l = curl_slist_append(l, key_line);
         if (l == NULL)
             return NB_ENOMEM;
     }
@@ -331,7 +357,7 @@ add_headers(struct http *h, struct http_xfer *x, const char *const *extra,
     return 0;
 
 fail:
-    curl_slist_free_all(l);
+    headers_free(l);
     return NB_ENOMEM;
 }
 
@@ -342,10 +368,10 @@ setup_easy(struct http *h, struct http_xfer *x, struct http_request *req)
     char *url = NULL;
     int rc;
 
-    rc = build_url(h, req->path, &url);
+    rc = build_url(h, req->base_url, req->path, &url);
     if (rc != 0)
         return rc;
-    rc = add_headers(h, x, req->headers, req->body != NULL);
+    rc = add_headers(h, x, req->api_key, req->headers, req->body != NULL);
     if (rc != 0) {
         free(url);
         return rc;
@@ -423,7 +449,8 @@ http_abort(struct http *h, struct http_xfer *x)
     curl_easy_cleanup(x->easy);
     x->easy = curl_easy_init();
     if (x->easy == NULL) {
-        curl_slist_free_all(x->headers);
+        headers_free(x->headers);
+        wipe_free(x->key_header);
         free(x->body);
         free(x);
         return;

@@ -48,6 +48,11 @@ struct http_request {
     const char *method;         /* "GET", "POST", "DELETE" */
     const char *path;           /* appended to the base URL, or a full
                                    http(s) URL */
+    const char *base_url;       /* NULL: the transport's; else this one
+                                   (no trailing '/') */
+    const char *api_key;        /* NULL: the transport's key; else this
+                                   one (borrowed; the header made from it
+                                   is wiped after the transfer) */
     char *body;                 /* owned by the transport once started;
                                    NULL for none */
     size_t body_len;

@@ -50,9 +50,13 @@ static const struct command commands[] = {
      "stop claiming a batch's jobs"},
     {"resume", cmd_resume, "resume [--db PATH] BATCH",
      "claim a paused batch's jobs again"},
+    {"budget", cmd_budget, "budget [--db PATH] BATCH USD",
+     "cap what a batch may spend (0 removes the cap)"},
     {"run", cmd_run,
      "run [--batch B] [--workers N] [--max-jobs N] [--until TIME]\n"
-     "        [--timeout SEC] [--key-file F] [--log-level L] [--json]\n"
+     "        [--timeout SEC] [--grace SEC] [--window W] [--tz TZ] [--wait]\n"
+     "        [--budget USD] [--rpm N] [--rpd N] [--key-file F]\n"
+     "        [--config F] [--log-level L] [--json]\n"
      "        [--db PATH]",
      "generate the queued images"},
     {"doctor", cmd_doctor,

@@ -39,11 +39,15 @@
 #include "runner/advice.h"
 #include "runner/apikey.h"
 #include "runner/cli.h"
+#include "runner/config.h"
 #include "runner/decode.h"
+#include "runner/gate.h"
 #include "runner/http.h"
 #include "runner/log.h"
 #include "runner/owner.h"
 #include "runner/progress.h"
+#include "runner/tzone.h"
+#include "runner/window.h"
 
 #define LEASE_MS          (120 * 1000)
 #define RENEW_EVERY_MS    (30 * 1000)
@@ -62,14 +66,28 @@ struct run_opts {
     const char *db;
     const char *batch;
     const char *key_file;
-    int workers;
+    const char *config;         /* --config, else the default place */
+    const char *window;         /* --window text, or NULL */
+    const char *tz;             /* --tz, or NULL */
+    int workers;                /* 0 until set by flag or config */
     int64_t max_jobs;           /* 0: no limit */
     int64_t until_ms;           /* 0: none */
     int64_t timeout_ms;         /* per request, 1K/2K; 4K gets twice */
     int64_t grace_ms;
     int json;
-    int wait;                   /* sleep for far-future jobs */
+    int wait;                   /* sleep for far-future jobs, windows
+                                   and daily quotas */
     int decoders;
+    double budget_usd;          /* --budget; 0: none */
+    int rpm;                    /* --rpm / --rpd for every model */
+    int rpd;
+};
+
+/* Where requests can go: the primary endpoint, then the config's
+ * fallbacks, each with its base URL and key. */
+struct endpoint {
+    const char *base_url;       /* NULL: the transport's default */
+    char *key;                  /* owned, wiped; NULL: the main key */
 };
 
 /* One job in flight. */
@@ -78,6 +96,7 @@ struct slot {
     struct queue_job *job;
     struct answer *answer;
     struct http_xfer *xfer;
+    struct gate_ticket ticket;
     int64_t started_ms;
     int64_t started_mono;
     struct slot *prev, *next;   /* the run's list of live slots */
@@ -103,6 +122,25 @@ struct run {
     int64_t grace_deadline;     /* mono ms; 0: none */
     int idle_exit;              /* nothing due for a long time */
     unsigned long long rng;
+    struct config cfg;
+    struct gate *gate;
+    struct endpoint endpoints[CONFIG_MAX_ENDPOINTS];
+    int n_endpoints;
+    /* The gate's verdict of this turn: models nothing may go to. */
+    const char *const *skip_models;
+    size_t n_skip_models;
+    int64_t blocked_next_ms;
+    int all_parked;
+    int budget_stop;
+    /* --window (the run's own) and the config's [offpeak] windows, with
+     * whether each is open and when that next changes (wall ms). */
+    struct window_set run_window;
+    const char *run_tz;
+    int run_window_open;
+    int64_t run_window_change_ms;
+    const char *offpeak_tz;
+    int offpeak_open;
+    int64_t offpeak_change_ms;
 };
 
 static volatile sig_atomic_t signal_count;
@@ -302,17 +340,18 @@ timeout_for(const struct run *r, const struct queue_job *job)
     return r->opt.timeout_ms;
 }
 
-/* Sends job's request; the slot owns job from here on. */
+/* Sends job's request as the gate decided; the slot owns job from here
+ * on. */
 static void
-dispatch(struct run *r, struct queue_job *job)
+dispatch(struct run *r, struct queue_job *job, const struct gate_ticket *t)
 {
     const char *paths[PROMPTFILE_MAX_IMAGES], *shas[PROMPTFILE_MAX_IMAGES];
     struct request_spec spec = {
-        .prompt = job->prompt, .model = job->model,
+        .prompt = job->prompt, .model = t->model,
         .aspect = job->aspect, .size = job->size,
         .n_refs = job->n_refs, .ref_paths = paths, .ref_sha256 = shas,
     };
-    const struct model_info *m = models_find(job->model);
+    const struct model_info *m = models_find(t->model);
     struct http_request req = {.method = "POST"};
     char path[256], dir[4096], err[512];
     struct slot *s;
@@ -326,6 +365,7 @@ dispatch(struct run *r, struct queue_job *job)
     }
     rc = request_build(&spec, &req.body, &req.body_len, err, sizeof(err));
     if (rc != 0) {
+        gate_abandon(r->gate, t);
         block_job(r, job, err);
         queue_job_free(job);
         return;
@@ -335,6 +375,7 @@ dispatch(struct run *r, struct queue_job *job)
         snprintf(err, sizeof(err), "cannot create %s: %s", dir,
                  strerror(errno));
         free(req.body);
+        gate_abandon(r->gate, t);
         release_job(r, job, err);
         queue_job_free(job);
         r->fatal_status = EXIT_IOERR;
@@ -347,18 +388,22 @@ dispatch(struct run *r, struct queue_job *job)
     if (s == NULL || s->answer == NULL) {
         free(req.body);
         free(s);
+        gate_abandon(r->gate, t);
         release_job(r, job, "out of memory");
         queue_job_free(job);
         r->fatal_status = EXIT_SOFTWARE;
         return;
     }
     s->job = job;
+    s->ticket = *t;
     s->task.user = s;
     s->started_ms = cli_now_ms();
     s->started_mono = cli_mono_ms();
     snprintf(path, sizeof(path), "/v1beta/models/%s:generateContent",
-             job->model);
+             t->model);
     req.path = path;
+    req.base_url = r->endpoints[t->endpoint].base_url;
+    req.api_key = r->endpoints[t->endpoint].key;
     req.timeout_ms = timeout_for(r, job);
     req.on_body = on_body;
     req.user = s;
@@ -367,6 +412,7 @@ dispatch(struct run *r, struct queue_job *job)
     rc = http_start(r->http, &req, &s->xfer);
     slot_link(r, s);
     if (rc != 0) {
+        gate_abandon(r->gate, t);
         release_job(r, job, "cannot start the request");
         slot_free(r, s);
         return;
@@ -374,20 +420,157 @@ dispatch(struct run *r, struct queue_job *job)
     r->dispatched++;
 }
 
+/*
+ * Whether set is open at now_ms in zone tz; *change_ms gets when that
+ * next changes (it closes, or opens), INT64_MAX when never.
+ */
+static int
+window_state(const struct window_set *set, const char *tz, int64_t now_ms,
+             int64_t *change_ms)
+{
+    int64_t until = 0, opens = 0;
+    int open = window_open_at(set, tz, now_ms, &until);
+
+    if (open == 1) {
+        *change_ms = until;
+        return 1;
+    }
+    if (open < 0 || window_next_open(set, tz, now_ms, &opens) != 0)
+        opens = INT64_MAX;
+    *change_ms = opens;
+    return 0;
+}
+
+/* "2026-12-03 22:00 Europe/Berlin" for a wall-clock instant. */
+static void
+format_when(const char *tz, int64_t ms, char *buf, size_t len)
+{
+    const struct tzone *zone;
+    char err[128];
+    int64_t local, days, year;
+    int month, day, minute;
+
+    if (ms == INT64_MAX || tzone_get(tz != NULL ? tz : "", &zone, err,
+                                     sizeof(err)) != 0) {
+        snprintf(buf, len, "never");
+        return;
+    }
+    local = tzone_local(zone, ms / 1000);
+    days = local / 86400 - (local % 86400 < 0);
+    minute = (int)((local - days * 86400) / 60);
+    tzone_civil_from_days(days, &year, &month, &day);
+    snprintf(buf, len, "%04lld-%02d-%02d %02d:%02d%s%s", (long long)year,
+             month, day, minute / 60, minute % 60,
+             tz != NULL && *tz ? " " : "", tz != NULL ? tz : "");
+}
+
+/* Re-reads the windows when one of them opens or closes. */
+static void
+update_windows(struct run *r, int64_t now_ms)
+{
+    char when[96], msg[256];
+    int was = r->run_window_open;
+
+    if (r->run_window.n > 0 && now_ms >= r->run_window_change_ms) {
+        r->run_window_open = window_state(&r->run_window, r->run_tz, now_ms,
+                                          &r->run_window_change_ms);
+        if (was == 1 && !r->run_window_open && !r->stop_dispatch) {
+            r->stop_dispatch = 1;
+            progress_stop(r->progress, "the run's window closed: no new "
+                          "requests; those in flight finish");
+        }
+        if (!r->run_window_open) {
+            format_when(r->run_tz, r->run_window_change_ms, when,
+                        sizeof(when));
+            snprintf(msg, sizeof(msg), "window closed until %s", when);
+            progress_pause(r->progress, msg);
+        } else {
+            progress_pause(r->progress, NULL);
+        }
+    }
+    if (r->cfg.offpeak.n > 0 && now_ms >= r->offpeak_change_ms)
+        r->offpeak_open = window_state(&r->cfg.offpeak, r->offpeak_tz,
+                                       now_ms, &r->offpeak_change_ms);
+}
+
+/* The claim filter of this moment: off-peak jobs only in their window. */
+static struct queue_filter
+claim_filter(const struct run *r)
+{
+    struct queue_filter f = {
+        .batch = r->opt.batch,
+        .via = "direct",
+        .skip_models = r->skip_models,
+        .n_skip_models = r->n_skip_models,
+        .skip_offpeak = !r->offpeak_open,
+    };
+
+    return f;
+}
+
 static int
 dispatch_room(const struct run *r)
 {
-    int room = r->opt.workers - r->nslots;
+    int limit = gate_limit(r->gate);
+    int room = (limit < r->opt.workers ? limit : r->opt.workers) - r->nslots;
 
     if (r->opt.max_jobs > 0 && r->opt.max_jobs - r->dispatched < room)
         room = (int)(r->opt.max_jobs - r->dispatched);
     return room > CLAIM_CHUNK ? CLAIM_CHUNK : room;
 }
 
+/* Preflight, then the gate: the job is sent, or given back unsent. */
+static void
+admit(struct run *r, struct queue_job *job, int64_t now)
+{
+    struct gate_ticket t;
+    char msg[256], job_batch[128];
+    int rc;
+
+    if (preflight(r, job)) {
+        queue_job_free(job);
+        return;
+    }
+    rc = r->budget_stop ? NB_ELIMIT : gate_admit(r->gate, job, now, &t);
+    if (rc == 0) {
+        dispatch(r, job, &t);
+        return;
+    }
+    snprintf(job_batch, sizeof(job_batch), "%s", job->batch);
+    queue_unclaim(r->q, job->id, r->owner);
+    queue_job_free(job);
+    if (rc == NB_ELIMIT && !r->budget_stop) {
+        r->budget_stop = 1;
+        r->stop_dispatch = 1;
+        if (gate_budget_reached(r->gate) == 2)
+            snprintf(msg, sizeof(msg), "the budget of batch %s is reached: "
+                     "no new requests", job_batch);
+        else
+            snprintf(msg, sizeof(msg), "budget of $%.2f reached ($%.4f "
+                     "spent or reserved): no new requests",
+                     gate_budget(r->gate), gate_spent(r->gate));
+        progress_stop(r->progress, msg);
+    }
+}
+
+/* Asks the gate which models are blocked now, for the claim filter. */
+static void
+update_gate(struct run *r, int64_t now)
+{
+    char reason[160];
+
+    gate_refresh(r->gate, now);
+    gate_blocked(r->gate, now, &r->skip_models, &r->n_skip_models,
+                 &r->blocked_next_ms, &r->all_parked, reason,
+                 sizeof(reason));
+    if (r->run_window.n == 0 || r->run_window_open)
+        progress_pause(r->progress, reason[0] ? reason : NULL);
+}
+
 static void
 claim_and_dispatch(struct run *r, int64_t mono)
 {
-    struct queue_filter filter = {.batch = r->opt.batch, .via = "direct"};
+    struct queue_filter filter = claim_filter(r);
     struct queue_job **jobs = NULL;
     size_t n = 0;
     int room = dispatch_room(r);
@@ -395,19 +578,29 @@ claim_and_dispatch(struct run *r, int64_t mono)
 
     if (room <= 0 || mono < r->next_claim_mono)
         return;
+    if (r->run_window.n > 0 && !r->run_window_open) {
+        /* Waiting for the window (--wait): look again when it opens. */
+        int64_t wait = r->run_window_change_ms - now;
+        r->next_claim_mono = mono + (wait < IDLE_RECHECK_MS ?
+                                     (wait > 0 ? wait : 0) : IDLE_RECHECK_MS);
+        return;
+    }
     if (queue_claim(r->q, r->owner, now, LEASE_MS, &filter, (size_t)room,
                     &jobs, &n) != 0) {
         log_error("cannot claim jobs: %s", queue_errmsg(r->q));
         r->next_claim_mono = mono + IDLE_RECHECK_MS;
         return;
     }
-    for (size_t i = 0; i < n; i++) {
-        if (preflight(r, jobs[i]))
-            queue_job_free(jobs[i]);
-        else
-            dispatch(r, jobs[i]);
-    }
+    for (size_t i = 0; i < n; i++)
+        admit(r, jobs[i], now);
     free(jobs);
+    if (r->n_skip_models > 0 && r->blocked_next_ms != INT64_MAX) {
+        /* Look again when a blocked model frees (a quota slot, say). */
+        int64_t w = r->blocked_next_ms - now;
+
+        r->next_claim_mono = mono + (w < IDLE_RECHECK_MS ?
+                                     (w > 0 ? w : 0) : IDLE_RECHECK_MS);
+    }
     if (n == (size_t)room)
         return;     /* maybe more: claim again on the next turn */
     if (queue_next_due(r->q, &filter, &due) != 0 || due == 0) {
@@ -471,17 +664,12 @@ fatal_stop(struct run *r, const struct answer_result *res)
 
     if (r->fatal_status != 0)
         return;
-    if (res->quota_per_day) {
-        r->fatal_status = EXIT_TEMPFAIL;
-        snprintf(msg, sizeof(msg), "daily quota used up (%s); jobs stay "
-                 "queued: run again after midnight America/Los_Angeles",
-                 res->message);
-    } else {
-        r->fatal_status = EXIT_CONFIG;
-        snprintf(msg, sizeof(msg), "stopping, every job stays queued: %s. "
-                 "To fix: %s", res->message,
-                 advice_for(res->http_status, res->reason, res->api_status));
-    }
+    r->fatal_status = EXIT_CONFIG;
+    snprintf(msg, sizeof(msg), "stopping, every job stays queued: %s%s "
+             "To fix: %s", res->message,
+             res->message[0] && res->message[strlen(res->message) - 1]
+             == '.' ? "" : ".",
+             advice_for(res->http_status, res->reason, res->api_status));
     progress_stop(r->progress, msg);
     r->stop_dispatch = 1;
 }
@@ -526,8 +714,13 @@ record_outcome(struct run *r, struct slot *s)
         .started_ms = s->started_ms,
         .latency_ms = cli_mono_ms() - s->started_mono,
     };
+    char event[256];
 
     fill_usage(&a, res, job);
+    a.cost_usd = gate_outcome(r->gate, &s->ticket, res, cli_now_ms(), event,
+                              sizeof(event));
+    if (event[0] != '\0')
+        log_warn("%s", event);
     if (res->cls == ANSWER_OK && t->write_rc != 0) {
         /* The image could not be written: a local problem, not the
          * job's.  Stop before more answers are paid for and lost. */
@@ -562,7 +755,11 @@ record_outcome(struct run *r, struct slot *s)
         a.outcome = QUEUE_OUT_RELEASE;
         a.err_class = "fatal";
         finish(r, job, &a);
-        fatal_stop(r, res);
+        /* A daily quota parks its model (the gate did): other models go
+         * on, and the run ends with exit 75 when only those jobs are
+         * left.  Anything else stops the run. */
+        if (!res->quota_per_day)
+            fatal_stop(r, res);
         break;
     default:
         retry_or_fail(r, s, &a, res);
@@ -581,9 +778,10 @@ take_decoded(struct run *r)
         next = t->next;
         /* After a fatal stop, answers still arriving change nothing:
          * their jobs go back to the queue unless they got an image. */
-        if (r->fatal_status != 0 && t->result.cls != ANSWER_OK)
+        if (r->fatal_status != 0 && t->result.cls != ANSWER_OK) {
+            gate_abandon(r->gate, &s->ticket);
             release_job(r, s->job, "run stopped");
-        else
+        } else
             record_outcome(r, s);
         slot_free(r, s);
     }
@@ -601,6 +799,7 @@ abort_inflight(struct run *r, const char *why)
             continue;       /* decoding: let it finish */
         http_abort(r->http, s->xfer);
         s->xfer = NULL;
+        gate_abandon(r->gate, &s->ticket);
         release_job(r, s->job, why);
         slot_free(r, s);
     }
@@ -651,18 +850,37 @@ static int
 loop_should_end(struct run *r, int64_t mono)
 {
     int64_t due = 0;
-    struct queue_filter filter = {.batch = r->opt.batch, .via = "direct"};
+    struct queue_filter filter = claim_filter(r);
 
     if (r->nslots > 0)
         return 0;
     if (r->stop_dispatch || r->idle_exit)
         return 1;
+    if (r->run_window.n > 0 && !r->run_window_open)
+        return !r->opt.wait;
     if (r->opt.until_ms > 0 && cli_now_ms() >= r->opt.until_ms)
         return 1;
     if (r->opt.max_jobs > 0 && r->dispatched >= r->opt.max_jobs)
         return 1;
     /* Nothing in flight and nothing queued (retries count as queued). */
-    return queue_next_due(r->q, &filter, &due) == 0 && due == 0;
+    if (queue_next_due(r->q, &filter, &due) != 0 || due != 0)
+        return 0;
+    /* Jobs of blocked models: wait for a breaker or a quota minute; for
+     * a daily quota only with --wait. */
+    if (r->n_skip_models > 0) {
+        struct queue_filter all = filter;
+
+        all.skip_models = NULL;
+        all.n_skip_models = 0;
+        if (queue_next_due(r->q, &all, &due) == 0 && due != 0)
+            return r->all_parked && !r->opt.wait;
+    }
+    /* Off-peak jobs waiting for their window keep a --wait run alive. */
+    if (r->opt.wait && !r->offpeak_open && r->cfg.offpeak.n > 0) {
+        filter.skip_offpeak = 0;
+        return queue_next_due(r->q, &filter, &due) == 0 && due == 0;
+    }
+    return 1;
 }
 
 static void
@@ -681,6 +899,8 @@ main_loop(struct run *r)
         int wait_ms;
 
         handle_signals(r, mono);
+        update_windows(r, cli_now_ms());
+        update_gate(r, cli_now_ms());
         if (r->grace_deadline > 0 && mono >= r->grace_deadline) {
             abort_inflight(r, "grace period over");
             r->grace_deadline = 0;
@@ -728,6 +948,20 @@ parse_positive(const char *s, int64_t min, int64_t max, int64_t *out)
 }
 
 static int
+parse_usd(const char *s, double *out)
+{
+    char *end;
+    double v;
+
+    errno = 0;
+    v = strtod(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || !(v > 0) || v > 1e9)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int
 parse_opts(int argc, char **argv, struct run_opts *o)
 {
     static const struct option longopts[] = {
@@ -742,6 +976,12 @@ parse_opts(int argc, char **argv, struct run_opts *o)
         {"log-level", required_argument, NULL, 'l'},
         {"json", no_argument, NULL, 'j'},
         {"wait", no_argument, NULL, 'W'},
+        {"config", required_argument, NULL, 'c'},
+        {"window", required_argument, NULL, 'n'},
+        {"tz", required_argument, NULL, 'z'},
+        {"budget", required_argument, NULL, 'B'},
+        {"rpm", required_argument, NULL, 'R'},
+        {"rpd", required_argument, NULL, 'D'},
         {NULL, 0, NULL, 0}
     };
     int64_t v;
@@ -755,6 +995,23 @@ parse_opts(int argc, char **argv, struct run_opts *o)
         case 'k': o->key_file = optarg; break;
         case 'j': o->json = 1; break;
         case 'W': o->wait = 1; break;
+        case 'c': o->config = optarg; break;
+        case 'n': o->window = optarg; break;
+        case 'z': o->tz = optarg; break;
+        case 'B':
+            if (parse_usd(optarg, &o->budget_usd) != 0)
+                goto bad;
+            break;
+        case 'R':
+            if (parse_positive(optarg, 1, 1000000, &v) != 0)
+                goto bad;
+            o->rpm = (int)v;
+            break;
+        case 'D':
+            if (parse_positive(optarg, 1, 100000000, &v) != 0)
+                goto bad;
+            o->rpd = (int)v;
+            break;
         case 'w':
             if (parse_positive(optarg, 1, 4096, &v) != 0)
                 goto bad;
@@ -797,6 +1054,74 @@ bad:
     return EXIT_USAGE;
 }
 
+/*
+ * The configuration file under the flags: flags > environment > file.
+ * Returns an exit status.
+ */
+static int
+apply_config(struct run *r)
+{
+    const struct tzone *zone;
+    char err[512];
+    int rc;
+
+    config_init(&r->cfg);
+    rc = config_load(r->opt.config, &r->cfg, err, sizeof(err));
+    if (rc != 0) {
+        log_error("%s", err);
+        return rc == NB_ENOTFOUND ? EXIT_NOINPUT : EXIT_CONFIG;
+    }
+    if (r->opt.workers == 0)
+        r->opt.workers = r->cfg.workers > 0 ? r->cfg.workers : 4;
+    if (r->opt.budget_usd == 0 && r->cfg.budget_usd > 0)
+        r->opt.budget_usd = r->cfg.budget_usd;
+    if (r->opt.timeout_ms == 0)
+        r->opt.timeout_ms = (r->cfg.timeout_s > 0 ? r->cfg.timeout_s : 300)
+            * (int64_t)1000;
+    if (r->opt.key_file == NULL && getenv("GEMINI_API_KEY") == NULL &&
+        getenv("GOOGLE_API_KEY") == NULL && r->cfg.key_file[0] != '\0')
+        r->opt.key_file = r->cfg.key_file;
+    r->offpeak_tz = config_offpeak_tz(&r->cfg);
+    r->run_tz = r->opt.tz != NULL ? r->opt.tz : r->cfg.tz[0] ? r->cfg.tz
+                                                               : NULL;
+    if (r->run_tz != NULL &&
+        tzone_get(r->run_tz, &zone, err, sizeof(err)) != 0) {
+        log_error("run: --tz: %s", err);
+        return EXIT_USAGE;
+    }
+    if (r->opt.window != NULL &&
+        window_parse(r->opt.window, &r->run_window, err, sizeof(err)) != 0) {
+        log_error("run: --window: %s", err);
+        return EXIT_USAGE;
+    }
+    r->run_window_open = -1;
+    return EXIT_OK;
+}
+
+/* The fallback endpoints of the config, each with its own key file or
+ * the main key.  endpoints[0] is the transport's own. */
+static int
+setup_endpoints(struct run *r)
+{
+    const char *source;
+    char err[512];
+
+    r->n_endpoints = r->cfg.n_endpoints > 0 ? r->cfg.n_endpoints : 1;
+    for (int i = 1; i < r->n_endpoints; i++) {
+        const struct config_endpoint *e = &r->cfg.endpoints[i];
+
+        r->endpoints[i].base_url = e->base_url[0] ? e->base_url : NULL;
+        if (e->key_file[0] == '\0')
+            continue;
+        if (apikey_load(e->key_file, &r->endpoints[i].key, &source, err,
+                        sizeof(err)) != 0) {
+            log_error("endpoint %s: %s", e->name, err);
+            return EXIT_CONFIG;
+        }
+    }
+    return EXIT_OK;
+}
+
 static int
 setup(struct run *r, char **key)
 {
@@ -805,6 +1130,9 @@ setup(struct run *r, char **key)
     char err[512];
     int rc, status;
 
+    status = apply_config(r);
+    if (status != EXIT_OK)
+        return status;
     rc = apikey_load(r->opt.key_file, key, &source, err, sizeof(err));
     if (rc != 0) {
         log_error("%s", err);
@@ -817,6 +1145,15 @@ setup(struct run *r, char **key)
     if (owner_self(r->owner, sizeof(r->owner)) != 0)
         return EXIT_SOFTWARE;
     cfg.base_url = apikey_base_url();
+    if (cfg.base_url == NULL && r->cfg.endpoints[0].base_url[0] != '\0')
+        cfg.base_url = r->cfg.endpoints[0].base_url;
+    status = setup_endpoints(r);
+    if (status != EXIT_OK)
+        return status;
+    r->gate = gate_new(r->q, &r->cfg, r->opt.workers, r->opt.budget_usd,
+                       r->opt.rpm, r->opt.rpd);
+    if (r->gate == NULL)
+        return EXIT_SOFTWARE;
     cfg.api_key = *key;
     cfg.max_connections = r->opt.workers;
     if (http_global_init() != 0) {
@@ -839,6 +1176,7 @@ static int
 final_status(struct run *r, int64_t *left)
 {
     struct queue_filter filter = {.batch = r->opt.batch, .via = "direct"};
+    char when[96];
     int64_t due = 0;
 
     *left = 0;
@@ -847,9 +1185,32 @@ final_status(struct run *r, int64_t *left)
         return last_signal == SIGTERM ? 128 + SIGTERM : EXIT_INTERRUPTED;
     if (r->fatal_status != 0)
         return r->fatal_status;
-    if (queue_next_due(r->q, &filter, &due) == 0 && due != 0)
-        return EXIT_TEMPFAIL;
-    return r->failed > 0 ? EXIT_SOME_FAILED : EXIT_OK;
+    if (queue_next_due(r->q, &filter, &due) != 0 || due == 0)
+        return r->failed > 0 ? EXIT_SOME_FAILED : EXIT_OK;
+    if (r->budget_stop) {
+        log_info("a budget is reached ($%.4f spent by this run); raise it "
+                 "to go on", gate_spent(r->gate));
+    } else if (r->all_parked) {
+        log_info("jobs wait for a daily quota to reset at 00:00 "
+                 "America/Los_Angeles; run again then, or use --wait");
+    } else if (r->run_window.n > 0 && !r->run_window_open) {
+        format_when(r->run_tz, r->run_window_change_ms, when, sizeof(when));
+        log_info("outside the run's window: the next one opens at %s",
+                 when);
+    } else if (!r->offpeak_open) {
+        filter.skip_offpeak = 1;
+        if (queue_next_due(r->q, &filter, &due) == 0 && due == 0) {
+            if (r->cfg.offpeak.n == 0)
+                log_info("off-peak jobs wait, but no [offpeak] windows are "
+                         "configured");
+            else {
+                format_when(r->offpeak_tz, r->offpeak_change_ms, when,
+                            sizeof(when));
+                log_info("off-peak jobs wait for the window at %s", when);
+            }
+        }
+    }
+    return EXIT_TEMPFAIL;
 }
 
 int
@@ -862,8 +1223,6 @@ cmd_run(int argc, char **argv)
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 
     memset(&r, 0, sizeof(r));
-    r.opt.workers = 4;
-    r.opt.timeout_ms = 300 * 1000;
     r.opt.grace_ms = 30 * 1000;
     r.opt.decoders = ncpu < 1 ? 1 : ncpu > 4 ? 4 : (int)ncpu;
     status = parse_opts(argc, argv, &r.opt);
@@ -893,6 +1252,9 @@ out:
     decode_pool_free(r.pool);
     progress_free(r.progress);
     http_free(r.http);
+    gate_free(r.gate);
+    for (int i = 0; i < CONFIG_MAX_ENDPOINTS; i++)
+        apikey_free(r.endpoints[i].key);
     queue_close(r.q);
     apikey_free(key);
     return status;

@@ -961,3 +961,27 @@ tzone_from_rule(const char *text, const struct tzone **zone)
     *zone = cache_add(z, key);
     return *zone != NULL ? 0 : NB_ENOMEM;
 }
+
+int
+tzone_check(const void *buf, size_t len, int64_t t_s)
+{
+    struct tzone *z = NULL;
+    char rule[TZ_RULE_MAX + 1];
+    int nomem = 0, rc;
+
+    if (len >= 4 && memcmp(buf, "TZif", 4) == 0) {
+        rc = zone_from_tzif(buf, len, &z);
+    } else {
+        if (len > TZ_RULE_MAX || memchr(buf, '\0', len) != NULL)
+            return NB_EINVAL;
+        memcpy(rule, buf, len);
+        rule[len] = '\0';
+        z = zone_from_rule(rule, &nomem);
+        rc = z != NULL ? 0 : nomem ? NB_ENOMEM : NB_EINVAL;
+    }
+    if (rc != 0)
+        return rc;
+    (void)tzone_first_at(z, tzone_local(z, t_s));
+    zone_free(z);
+    return 0;
+}

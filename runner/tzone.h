@@ -39,6 +39,13 @@ int tzone_get(const char *name, const struct tzone **zone, char *err,
  * at every instant.  NB_EINVAL when text is not one, NB_ENOMEM. */
 int tzone_from_rule(const char *text, const struct tzone **zone);
 
+/*
+ * Parses buf as a TZif file image (starting "TZif") or a POSIX rule,
+ * converts t_s there and back, and frees it: nothing is kept.  For the
+ * fuzzer and tests.  0, NB_EINVAL or NB_ENOMEM.
+ */
+int tzone_check(const void *buf, size_t len, int64_t t_s);
+
 /* The system's own zone (/etc/localtime, else UTC), ignoring $TZ: the
  * one cron uses.  Same errors as tzone_get(). */
 int tzone_system(const struct tzone **zone, char *err, size_t errlen);

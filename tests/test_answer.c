@@ -485,6 +485,143 @@ test_base64_edges(void **state)
     }
 }
 
+/*
+ * The fast path (whole groups of plain base64 decoded in place) against
+ * the slow one (a character at a time): the same random image written
+ * plainly, with every character escaped (the slow path alone), and mixed
+ * (escapes, url-safe characters, white space and optional padding at
+ * random places, so that groups start on one path and end on the other),
+ * each fed whole and in random chunks that cut groups and escapes, must
+ * decode to the same bytes; one bad byte anywhere must spoil each.
+ */
+enum b64_style { B64_PLAIN, B64_ESCAPED, B64_MIXED };
+
+/* Appends one base64 character c to out in the given style. */
+static size_t
+put_b64_char(char *out, char c, int style)
+{
+    static const char *const space[] = {
+        " ", "\n", "\r\n", "\t", "\\n", "\\t", "\\r", "  \\r\\n"
+    };
+    size_t at = 0;
+    unsigned pick = (unsigned)(rng() % 16);
+
+    if (style == B64_ESCAPED || (style == B64_MIXED && pick == 0))
+        return (size_t)snprintf(out, 8, "\\u%04X", (unsigned char)c);
+    if (style == B64_PLAIN || pick > 4) {
+        out[0] = c;
+        return 1;
+    }
+    if (pick == 1 && c == '/')
+        return (size_t)snprintf(out, 8, "\\/");
+    if (pick == 2 && (c == '+' || c == '/')) {
+        out[0] = c == '+' ? '-' : '_';
+        return 1;
+    }
+    if (pick == 3) {
+        const char *s = space[rng() % 8];
+
+        at = strlen(s);
+        memcpy(out, s, at);
+    }
+    out[at] = c;
+    return at + 1;
+}
+
+/*
+ * An answer around the base64 text of img[0..n) in the given style;
+ * with bad, one byte base64 does not allow somewhere in the text.  The
+ * caller frees it; *len gets its length.
+ */
+static char *
+styled_answer(const unsigned char *img, size_t n, int style, int bad,
+              size_t *len)
+{
+    static const char head[] =
+        "{\"candidates\":[{\"content\":{\"parts\":[{\"inlineData\":"
+        "{\"mimeType\":\"image/png\",\"data\":\"";
+    static const char tail[] = "\"}}]},\"finishReason\":\"STOP\"}]}";
+    static const char *const spoil[] = {
+        "*", "\xc3\xa9", "\\u00e9", "\\\"", "\\\\", "\\b", "!", ".",
+    };
+    size_t b64_len = 4 * ((n + 2) / 3), at = sizeof(head) - 1;
+    size_t bad_at = bad ? (size_t)(rng() % b64_len) : SIZE_MAX;
+    unsigned char *b64 = malloc(b64_len + 1);
+    char *body = malloc(sizeof(head) + 16 * b64_len + sizeof(tail));
+    int drop_pad = style == B64_MIXED && rng() % 2 == 0;
+
+    assert_non_null(b64);
+    assert_non_null(body);
+    EVP_EncodeBlock(b64, img, (int)n);
+    memcpy(body, head, at);
+    for (size_t i = 0; i < b64_len; i++) {
+        if (i == bad_at) {
+            const char *s = spoil[rng() % 8];
+
+            memcpy(body + at, s, strlen(s));
+            at += strlen(s);
+        }
+        if (b64[i] != '=' || !drop_pad)
+            at += put_b64_char(body + at, (char)b64[i], style);
+    }
+    memcpy(body + at, tail, sizeof(tail));
+    *len = at + sizeof(tail) - 1;
+    free(b64);
+    return body;
+}
+
+/* Feeds body whole and in four chunkings; each must decode to img. */
+static void
+check_styled(const char *name, const char *body, size_t len,
+             const unsigned char *img, size_t n, int bad)
+{
+    static const size_t chunks[] = { 0, 3, 7, 4096, 70000 };
+    struct outcome o;
+
+    for (size_t c = 0; c < sizeof(chunks) / sizeof(chunks[0]); c++) {
+        run(body, len, chunks[c], 200, NULL, NULL, &o);
+        if (bad && strstr(o.r.message, "bad base64") == NULL)
+            fail_msg("%s, %zu bytes, chunks of up to %zu: %s", name, n,
+                     chunks[c], o.r.message);
+        if (!bad && (o.r.cls != ANSWER_OK || o.image_len != n ||
+                     memcmp(o.image, img, n) != 0))
+            fail_msg("%s, %zu bytes, chunks of up to %zu: %s", name, n,
+                     chunks[c], o.r.message);
+        outcome_free(&o);
+    }
+}
+
+static void
+test_fast_matches_slow(void **state)
+{
+    /* Around group, chunk and write-buffer (192 KiB) edges. */
+    static const size_t sizes[] = {
+        1, 2, 3, 4, 5, 11, 12, 13, 3071, 3072, 12288, 12290,
+        3 * 64 * 1024 - 1, 3 * 64 * 1024 + 2, 2 * 3 * 64 * 1024 + 1,
+    };
+    static const char *const names[] = { "plain", "escaped", "mixed" };
+    size_t max = 2 * 3 * 64 * 1024 + 1, len;
+    unsigned char *img = malloc(max);
+
+    assert_non_null(img);
+    rng_state = 0x5eed;
+    for (size_t s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+        size_t n = sizes[s];
+
+        for (size_t i = 0; i < n; i++)
+            img[i] = (unsigned char)(rng() >> 24);
+        for (int style = B64_PLAIN; style <= B64_MIXED; style++) {
+            for (int bad = 0; bad <= 1; bad++) {
+                char *body = styled_answer(img, n, style, bad, &len);
+
+                check_styled(names[style], body, len, img, n, bad);
+                free(body);
+            }
+        }
+    }
+    free(img);
+}
+
 static void
 test_skeleton_limit(void **state)
 {
@@ -932,6 +1069,7 @@ main(void)
         cmocka_unit_test(test_big_answer),
         cmocka_unit_test(test_escaped_everywhere),
         cmocka_unit_test(test_base64_edges),
+        cmocka_unit_test(test_fast_matches_slow),
         cmocka_unit_test(test_skeleton_limit),
         cmocka_unit_test(test_too_many_images),
         cmocka_unit_test(test_tmpdir_missing),

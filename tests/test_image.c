@@ -3,10 +3,14 @@
  *
  * Every input image is made here with libpng or libjpeg (small, so the
  * suite stays fast), written to a temporary file and handed to
- * image_write() as an fd, the way the runner does.  Outputs are checked
- * at the byte level (chunk lists, kept chunks identical to the input's)
- * and at the pixel level (decoded again).  Each test gets a fresh folder
- * under $TMPDIR that is removed afterwards.
+ * image_write() as an fd.  Two kinds of source matter: the runner's own,
+ * an unlinked O_TMPFILE file open for reading and writing in the output
+ * folder, which a plain PNG turns into the image in place (our chunks
+ * before IEND); and an unlinked read-only file, which is always copied
+ * (our chunks after IHDR).  Outputs are checked at the byte level (chunk
+ * lists, kept chunks identical to the input's) and at the pixel level
+ * (decoded again).  Each test gets a fresh folder under $TMPDIR that is
+ * removed afterwards.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +22,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +56,15 @@ struct chunk {
 struct fixture {
     char dir[256];
 };
+
+/* Where image_write() gets its bytes from. */
+enum source_kind {
+    SRC_READONLY,           /* unlinked, read-only: always copied */
+    SRC_TMPFILE             /* the runner's O_TMPFILE file: in place */
+};
+
+/* Where our two chunks are in the file written. */
+enum place { AFTER_IHDR, BEFORE_IEND };
 
 /* --- helpers ----------------------------------------------------------- */
 
@@ -160,6 +174,30 @@ input_fd(const struct fixture *fx, const void *data, size_t len)
     assert_true(fd >= 0);
     unlink(path);
     return fd;
+}
+
+/* The runner's case: data in an unlinked O_TMPFILE file in dir, open for
+ * reading and writing, at offset 0. */
+static int
+tmpfile_fd(const char *dir, const void *data, size_t len)
+{
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, data, len), (ssize_t)len);
+    assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+    return fd;
+}
+
+/* 1 when the file open at fd is the one at path. */
+static int
+same_file(int fd, const char *path)
+{
+    struct stat a, b;
+
+    assert_int_equal(fstat(fd, &a), 0);
+    return stat(path, &b) == 0 && a.st_dev == b.st_dev &&
+           a.st_ino == b.st_ino;
 }
 
 static struct image_meta
@@ -519,38 +557,65 @@ decode_png(const struct blob *b, png_uint_32 format, uint32_t *w,
 
 /* --- common checks ------------------------------------------------------ */
 
+/*
+ * Writes in as the image of m->job_id at path from a source of the given
+ * kind; returns image_write's code.  *in_place (if not NULL) tells whether
+ * the source file itself became the file at path.
+ */
+static int
+write_via(const struct fixture *fx, enum source_kind kind,
+          const struct blob *in, const char *path,
+          const struct image_meta *m, struct image_info *info, char *err,
+          size_t errlen, int *in_place)
+{
+    int fd = kind == SRC_TMPFILE ? tmpfile_fd(fx->dir, in->data, in->len)
+                                 : input_fd(fx, in->data, in->len);
+    int rc = image_write(fd, path, m, info, err, errlen);
+
+    if (in_place != NULL)
+        *in_place = rc == 0 && same_file(fd, path);
+    close(fd);
+    return rc;
+}
+
 /* Writes in as the image of job_id at path; returns image_write's code. */
 static int
 run_write(const struct fixture *fx, const struct blob *in, const char *path,
           const struct image_meta *m, struct image_info *info, char *err,
           size_t errlen)
 {
-    int fd = input_fd(fx, in->data, in->len);
-    int rc = image_write(fd, path, m, info, err, errlen);
-
-    close(fd);
-    return rc;
+    return write_via(fx, SRC_READONLY, in, path, m, info, err, errlen,
+                     NULL);
 }
 
-/* The file at path must be a PNG with our two chunks right after IHDR. */
-static void
+/*
+ * The file at path must be a valid PNG from IHDR to IEND with our two
+ * chunks, "parameters" then "nbbatch", at place and nowhere else.  Returns
+ * the index of the "parameters" chunk in c.
+ */
+static size_t
 check_our_chunks(const char *path, const struct image_meta *m,
-                 const char *format, struct blob *out, struct chunk *c,
-                 size_t *n)
+                 const char *format, enum place place, struct blob *out,
+                 struct chunk *c, size_t *n)
 {
     char key[80];
     json_t *root;
     char *json;
-    size_t i, params = 0, ours = 0;
+    size_t i, first, params = 0, ours = 0;
 
     assert_int_equal(read_whole(path, out), 0);
     assert_int_equal(image_check_png(out->data, out->len, NULL, NULL), 0);
     *n = list_chunks(out, c, MAX_CHUNKS);
+    assert_true(*n >= 4);
     assert_string_equal(c[0].type, "IHDR");
-    assert_string_equal(c[1].type, "iTXt");
-    assert_string_equal(chunk_keyword(&c[1], key, sizeof key), "parameters");
-    assert_string_equal(c[2].type, "iTXt");
-    assert_string_equal(chunk_keyword(&c[2], key, sizeof key), "nbbatch");
+    assert_string_equal(c[*n - 1].type, "IEND");
+    first = place == AFTER_IHDR ? 1 : *n - 3;
+    assert_string_equal(c[first].type, "iTXt");
+    assert_string_equal(chunk_keyword(&c[first], key, sizeof key),
+                        "parameters");
+    assert_string_equal(c[first + 1].type, "iTXt");
+    assert_string_equal(chunk_keyword(&c[first + 1], key, sizeof key),
+                        "nbbatch");
     for (i = 0; i < *n; i++) {
         assert_true(chunk_crc_ok(&c[i]));
         chunk_keyword(&c[i], key, sizeof key);
@@ -560,7 +625,7 @@ check_our_chunks(const char *path, const struct image_meta *m,
     assert_int_equal(params, 1);
     assert_int_equal(ours, 1);
 
-    json = itxt_text(&c[2]);
+    json = itxt_text(&c[first + 1]);
     root = json_loads(json, 0, NULL);
     assert_non_null(root);
     assert_int_equal(json_integer_value(json_object_get(root, "job_id")),
@@ -571,35 +636,44 @@ check_our_chunks(const char *path, const struct image_meta *m,
                         "source_format")), format);
     json_decref(root);
     free(json);
+    return first;
 }
 
-/* After a refused input: nothing at path, nothing else in the folder. */
+/*
+ * After a refused input, from either kind of source (the in-place path
+ * links its file at the temporary name before validating): nothing at
+ * path, nothing else in the folder.
+ */
 static void
 check_refused(const struct fixture *fx, const struct blob *in,
               const char *expect_msg)
 {
     struct image_meta m = test_meta(7, "refused");
-    struct image_info info = { "untouched", 1, 2, 3 };
     char path[300], err[256];
-    int rc;
+    int kind, rc;
 
-    snprintf(path, sizeof path, "%s/out/bad.png", fx->dir);
-    rc = run_write(fx, in, path, &m, &info, err, sizeof err);
-    assert_int_equal(rc, NB_EIMAGE);
-    assert_true(err[0] != '\0');
-    if (expect_msg != NULL && strstr(err, expect_msg) == NULL)
-        fail_msg("message \"%s\" lacks \"%s\"", err, expect_msg);
-    assert_false(exists(path));
-    assert_true(count_entries(fx->dir) == 0 ||
-                count_entries(fx->dir) == 1);
-    if (count_entries(fx->dir) == 1) {
-        snprintf(path, sizeof path, "%s/out", fx->dir);
-        assert_int_equal(count_entries(path), 0);
+    for (kind = SRC_READONLY; kind <= SRC_TMPFILE; kind++) {
+        struct image_info info = { "untouched", 1, 2, 3 };
+
+        snprintf(path, sizeof path, "%s/out/bad.png", fx->dir);
+        rc = write_via(fx, (enum source_kind)kind, in, path, &m, &info, err,
+                       sizeof err, NULL);
+        assert_int_equal(rc, NB_EIMAGE);
+        assert_true(err[0] != '\0');
+        if (expect_msg != NULL && strstr(err, expect_msg) == NULL)
+            fail_msg("message \"%s\" lacks \"%s\"", err, expect_msg);
+        assert_false(exists(path));
+        assert_true(count_entries(fx->dir) == 0 ||
+                    count_entries(fx->dir) == 1);
+        if (count_entries(fx->dir) == 1) {
+            snprintf(path, sizeof path, "%s/out", fx->dir);
+            assert_int_equal(count_entries(path), 0);
+        }
+        assert_string_equal(info.source_format, "untouched");
     }
-    assert_string_equal(info.source_format, "untouched");
 }
 
-/* --- PNG in ------------------------------------------------------------- */
+/* --- PNG in: copied ----------------------------------------------------- */
 
 static void
 test_png_kept_byte_for_byte(void **state)
@@ -609,11 +683,12 @@ test_png_kept_byte_for_byte(void **state)
                           1, 1, 256 };
     struct image_meta m = test_meta(42, "a fox in the snow");
     struct image_info info;
-    struct blob in = { 0 }, out = { 0 };
-    struct chunk ic[MAX_CHUNKS], oc[MAX_CHUNKS];
-    size_t ni, no, i, j, idats = 0;
+    struct blob in = { 0 }, out = { 0 }, again = { 0 };
+    struct chunk ic[MAX_CHUNKS], oc[MAX_CHUNKS], ac[MAX_CHUNKS];
+    size_t ni, no, na, i, j, idats = 0;
     char path[300], err[256], key[80];
     char *params;
+    int in_place = 1;
 
     make_png(&sp, &in);
     snprintf(path, sizeof path, "%s/fox.png", fx->dir);
@@ -623,7 +698,7 @@ test_png_kept_byte_for_byte(void **state)
     assert_int_equal(info.width, 37);
     assert_int_equal(info.height, 23);
 
-    check_our_chunks(path, &m, "png", &out, oc, &no);
+    check_our_chunks(path, &m, "png", AFTER_IHDR, &out, oc, &no);
     assert_int_equal(info.bytes, (int64_t)out.len);
     ni = list_chunks(&in, ic, MAX_CHUNKS);
 
@@ -648,48 +723,19 @@ test_png_kept_byte_for_byte(void **state)
                         "gemini-2.5-flash-image, Size: 37x23, Aspect ratio: "
                         "1:1, Image size: 1K, Generator: nbbatch");
     free(params);
+
+    /* From the runner's kind of source the old text chunks of ours must
+     * go too, so it is copied all the same: the very same bytes. */
+    assert_int_equal(write_via(fx, SRC_TMPFILE, &in, path, &m, &info, err,
+                               sizeof err, &in_place), 0);
+    assert_false(in_place);
+    check_our_chunks(path, &m, "png", AFTER_IHDR, &again, ac, &na);
+    assert_int_equal(again.len, out.len);
+    assert_memory_equal(again.data, out.data, out.len);
+    assert_int_equal(count_entries(fx->dir), 1);
     blob_free(&in);
     blob_free(&out);
-}
-
-/* Other layouts: palette, gray 16-bit, interlaced RGBA, 1-bit gray. */
-static void
-test_png_variants(void **state)
-{
-    struct fixture *fx = *state;
-    static const struct pngspec specs[] = {
-        { 19, 11, PNG_COLOR_TYPE_PALETTE, 8, PNG_INTERLACE_NONE, 0, 0, 0 },
-        { 19, 11, PNG_COLOR_TYPE_PALETTE, 2, PNG_INTERLACE_ADAM7, 0, 0, 0 },
-        { 9, 30, PNG_COLOR_TYPE_GRAY, 16, PNG_INTERLACE_NONE, 1, 0, 0 },
-        { 33, 17, PNG_COLOR_TYPE_RGB_ALPHA, 8, PNG_INTERLACE_ADAM7, 0, 1, 0 },
-        { 1, 1, PNG_COLOR_TYPE_GRAY, 1, PNG_INTERLACE_ADAM7, 0, 0, 0 },
-        { 5, 3, PNG_COLOR_TYPE_GRAY_ALPHA, 16, PNG_INTERLACE_NONE, 0, 0, 0 },
-    };
-    size_t k;
-
-    for (k = 0; k < sizeof specs / sizeof specs[0]; k++) {
-        struct image_meta m = test_meta((int64_t)k + 1, "variant");
-        struct image_info info;
-        struct blob in = { 0 }, out = { 0 };
-        struct chunk oc[MAX_CHUNKS];
-        char path[300], err[256];
-        uint32_t w, h;
-        size_t no;
-
-        make_png(&specs[k], &in);
-        snprintf(path, sizeof path, "%s/v%zu.png", fx->dir, k);
-        assert_int_equal(run_write(fx, &in, path, &m, &info, err,
-                                   sizeof err), 0);
-        check_our_chunks(path, &m, "png", &out, oc, &no);
-        assert_int_equal(image_check_png(out.data, out.len, &w, &h), 0);
-        assert_int_equal(w, specs[k].width);
-        assert_int_equal(h, specs[k].height);
-        /* Same size as the input plus our two chunks, minus dropped. */
-        if (!specs[k].old_texts)
-            assert_int_equal(out.len, in.len + oc[1].total + oc[2].total);
-        blob_free(&in);
-        blob_free(&out);
-    }
+    blob_free(&again);
 }
 
 /* The input starts at the fd's current offset; bytes after IEND drop. */
@@ -700,7 +746,7 @@ test_png_offset_and_trailer(void **state)
     struct pngspec sp = { 8, 8, PNG_COLOR_TYPE_RGB, 8, 0, 0, 0, 0 };
     struct image_meta m = test_meta(5, "offset");
     struct image_info info;
-    struct blob in = { 0 }, out = { 0 }, padded;
+    struct blob in = { 0 }, out = { 0 }, padded, trailed;
     struct chunk oc[MAX_CHUNKS];
     char path[300], err[256];
     size_t no;
@@ -712,14 +758,37 @@ test_png_offset_and_trailer(void **state)
     assert_non_null(padded.data);
     memset(padded.data, 'j', padded.len);
     memcpy(padded.data + 100, in.data, in.len);
+    snprintf(path, sizeof path, "%s/off.png", fx->dir);
 
+    /* Read-only source, and the runner's kind: an offset means a copy. */
     fd = input_fd(fx, padded.data, padded.len);
     assert_int_equal(lseek(fd, 100, SEEK_SET), 100);
-    snprintf(path, sizeof path, "%s/off.png", fx->dir);
     assert_int_equal(image_write(fd, path, &m, &info, err, sizeof err), 0);
     close(fd);
-    check_our_chunks(path, &m, "png", &out, oc, &no);   /* ends at IEND */
+    check_our_chunks(path, &m, "png", AFTER_IHDR, &out, oc, &no);
     assert_int_equal(out.len, in.len + oc[1].total + oc[2].total);
+    blob_free(&out);
+
+    fd = tmpfile_fd(fx->dir, padded.data, padded.len);
+    assert_int_equal(lseek(fd, 100, SEEK_SET), 100);
+    assert_int_equal(image_write(fd, path, &m, &info, err, sizeof err), 0);
+    assert_false(same_file(fd, path));
+    close(fd);
+    check_our_chunks(path, &m, "png", AFTER_IHDR, &out, oc, &no);
+    assert_int_equal(out.len, in.len + oc[1].total + oc[2].total);
+    assert_int_equal(info.bytes, (int64_t)out.len);
+    blob_free(&out);
+
+    /* A trailer alone, at offset 0: copied too, and dropped. */
+    trailed.data = padded.data + 100;
+    trailed.len = in.len + 50;
+    fd = tmpfile_fd(fx->dir, trailed.data, trailed.len);
+    assert_int_equal(image_write(fd, path, &m, &info, err, sizeof err), 0);
+    assert_false(same_file(fd, path));
+    close(fd);
+    check_our_chunks(path, &m, "png", AFTER_IHDR, &out, oc, &no);
+    assert_int_equal(out.len, in.len + oc[1].total + oc[2].total);
+    assert_int_equal(count_entries(fx->dir), 1);
     blob_free(&in);
     blob_free(&out);
     blob_free(&padded);
@@ -733,8 +802,10 @@ test_png_from_pipe(void **state)
     struct pngspec sp = { 16, 16, PNG_COLOR_TYPE_RGB, 8, 0, 0, 0, 0 };
     struct image_meta m = test_meta(6, "pipe");
     struct image_info info;
-    struct blob in = { 0 };
+    struct blob in = { 0 }, out = { 0 };
+    struct chunk oc[MAX_CHUNKS];
     char path[300], err[256];
+    size_t no;
     int p[2];
 
     make_png(&sp, &in);
@@ -746,6 +817,239 @@ test_png_from_pipe(void **state)
     assert_int_equal(image_write(p[0], path, &m, &info, err, sizeof err), 0);
     close(p[0]);
     assert_int_equal(info.width, 16);
+    check_our_chunks(path, &m, "png", AFTER_IHDR, &out, oc, &no);
+    assert_int_equal(out.len, in.len + oc[1].total + oc[2].total);
+    blob_free(&in);
+    blob_free(&out);
+}
+
+/* --- PNG in: in place ----------------------------------------------------- */
+
+/* The runner's case: the O_TMPFILE file itself becomes the image. */
+static void
+test_png_in_place(void **state)
+{
+    struct fixture *fx = *state;
+    struct pngspec sp = { 37, 23, PNG_COLOR_TYPE_RGB, 8, PNG_INTERLACE_NONE,
+                          0, 1, 256 };
+    struct image_meta m = test_meta(42, "a fox in the snow");
+    struct image_info info;
+    struct blob in = { 0 }, out = { 0 };
+    struct chunk ic[MAX_CHUNKS], oc[MAX_CHUNKS];
+    char dir[300], path[400], err[256];
+    size_t ni, no, first, i, idats = 0;
+    struct stat st;
+    int64_t id = 0;
+    char *params;
+    int fd;
+
+    umask(022);
+    make_png(&sp, &in);
+    snprintf(dir, sizeof dir, "%s/a/b", fx->dir);     /* made on the way */
+    snprintf(path, sizeof path, "%s/fox.png", dir);
+    fd = tmpfile_fd(fx->dir, in.data, in.len);
+    assert_int_equal(image_write(fd, path, &m, &info, err, sizeof err), 0);
+    assert_true(same_file(fd, path));
+    close(fd);
+    assert_string_equal(info.source_format, "png");
+    assert_int_equal(info.width, 37);
+    assert_int_equal(info.height, 23);
+
+    first = check_our_chunks(path, &m, "png", BEFORE_IEND, &out, oc, &no);
+    assert_int_equal(info.bytes, (int64_t)out.len);
+    ni = list_chunks(&in, ic, MAX_CHUNKS);
+
+    /* Every input chunk, in order, byte for byte, up to the old IEND,
+     * where ours begin; then a new IEND. */
+    assert_int_equal(no, ni + 2);
+    assert_int_equal(first, ni - 1);
+    assert_memory_equal(out.data, in.data, in.len - 12);
+    assert_ptr_equal(oc[first].start, out.data + in.len - 12);
+    for (i = 0; i + 1 < ni; i++)
+        idats += strcmp(oc[i].type, "IDAT") == 0;
+    assert_true(idats > 1);
+    assert_string_equal(oc[ni - 2].type, "prVt");
+    assert_int_equal(out.len, in.len + oc[first].total +
+                     oc[first + 1].total);
+    params = itxt_text(&oc[first]);
+    assert_string_equal(params, "a fox in the snow\nModel: "
+                        "gemini-2.5-flash-image, Size: 37x23, Aspect ratio: "
+                        "1:1, Image size: 1K, Generator: nbbatch");
+    free(params);
+
+    /* Same mode as a copied file, nothing else left anywhere. */
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0644);
+    assert_int_equal(st.st_nlink, 1);
+    assert_int_equal(count_entries(dir), 1);
+    assert_int_equal(count_entries(fx->dir), 1);
+    assert_int_equal(image_job_id(path, &id), 0);
+    assert_int_equal(id, 42);
+
+    /* The umask applies as it would to a new file. */
+    umask(027);
+    m.job_id = 43;
+    assert_int_equal(write_via(fx, SRC_TMPFILE, &in, path, &m, &info, err,
+                               sizeof err, NULL), 0);
+    umask(022);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0640);
+    assert_int_equal(image_job_id(path, &id), 0);
+    assert_int_equal(id, 43);
+    assert_int_equal(count_entries(dir), 1);
+    blob_free(&in);
+    blob_free(&out);
+}
+
+/* Other layouts: palette, gray 16-bit, interlaced RGBA, 1-bit gray; from
+ * both kinds of source. */
+static void
+test_png_variants(void **state)
+{
+    struct fixture *fx = *state;
+    static const struct pngspec specs[] = {
+        { 19, 11, PNG_COLOR_TYPE_PALETTE, 8, PNG_INTERLACE_NONE, 0, 0, 0 },
+        { 19, 11, PNG_COLOR_TYPE_PALETTE, 2, PNG_INTERLACE_ADAM7, 0, 0, 0 },
+        { 9, 30, PNG_COLOR_TYPE_GRAY, 16, PNG_INTERLACE_NONE, 1, 0, 0 },
+        { 33, 17, PNG_COLOR_TYPE_RGB_ALPHA, 8, PNG_INTERLACE_ADAM7, 0, 1, 0 },
+        { 1, 1, PNG_COLOR_TYPE_GRAY, 1, PNG_INTERLACE_ADAM7, 0, 0, 0 },
+        { 5, 3, PNG_COLOR_TYPE_GRAY_ALPHA, 16, PNG_INTERLACE_NONE, 0, 0, 0 },
+    };
+    size_t k;
+    int kind;
+
+    for (k = 0; k < sizeof specs / sizeof specs[0]; k++)
+        for (kind = SRC_READONLY; kind <= SRC_TMPFILE; kind++) {
+            struct image_meta m = test_meta((int64_t)k + 1, "variant");
+            struct image_info info;
+            struct blob in = { 0 }, out = { 0 };
+            struct chunk oc[MAX_CHUNKS];
+            char path[300], err[256];
+            int in_place = 0, want_in_place;
+            uint32_t w, h;
+            size_t no, first;
+
+            /* Old chunks of ours can only be dropped by copying. */
+            want_in_place = kind == SRC_TMPFILE && !specs[k].old_texts;
+            make_png(&specs[k], &in);
+            snprintf(path, sizeof path, "%s/v%zu.png", fx->dir, k);
+            assert_int_equal(write_via(fx, (enum source_kind)kind, &in,
+                                       path, &m, &info, err, sizeof err,
+                                       &in_place), 0);
+            assert_int_equal(in_place, want_in_place);
+            first = check_our_chunks(path, &m, "png",
+                                     want_in_place ? BEFORE_IEND
+                                                   : AFTER_IHDR,
+                                     &out, oc, &no);
+            assert_int_equal(image_check_png(out.data, out.len, &w, &h), 0);
+            assert_int_equal(w, specs[k].width);
+            assert_int_equal(h, specs[k].height);
+            assert_int_equal(info.bytes, (int64_t)out.len);
+            /* Same size as the input plus our two chunks, minus dropped. */
+            if (!specs[k].old_texts)
+                assert_int_equal(out.len, in.len + oc[first].total +
+                                 oc[first + 1].total);
+            blob_free(&in);
+            blob_free(&out);
+        }
+}
+
+/* Sources from which the file cannot be linked into place are copied. */
+static void
+test_png_in_place_declined(void **state)
+{
+    struct fixture *fx = *state;
+    struct pngspec sp = { 12, 12, PNG_COLOR_TYPE_RGB, 8, 0, 0, 0, 0 };
+    struct image_meta m = test_meta(8, "declined");
+    struct image_info info;
+    struct blob in = { 0 }, out = { 0 }, jpeg = { 0 };
+    struct chunk oc[MAX_CHUNKS];
+    char path[300], tmpl[300], err[256];
+    size_t no;
+    int fd, i, in_place = 1;
+
+    make_png(&sp, &in);
+    snprintf(path, sizeof path, "%s/d.png", fx->dir);
+    for (i = 0; i < 3; i++) {
+        if (i == 0) {
+            /* O_EXCL: an O_TMPFILE file that may never get a name. */
+            fd = open(fx->dir, O_TMPFILE | O_EXCL | O_RDWR, 0600);
+        } else if (i == 1) {
+            /* answer.c's fallback without O_TMPFILE: created, unlinked. */
+            snprintf(tmpl, sizeof tmpl, "%s/answer-XXXXXX", fx->dir);
+            fd = mkstemp(tmpl);
+            assert_true(fd >= 0);
+            unlink(tmpl);
+        } else {
+            /* Another file system, when there is one to try. */
+            fd = open("/dev/shm", O_TMPFILE | O_RDWR, 0600);
+            if (fd >= 0) {
+                struct stat a, b;
+
+                assert_int_equal(fstat(fd, &a), 0);
+                assert_int_equal(stat(fx->dir, &b), 0);
+                if (a.st_dev == b.st_dev) {
+                    close(fd);
+                    fd = -1;
+                }
+            }
+            if (fd < 0)
+                continue;
+        }
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, in.data, in.len), (ssize_t)in.len);
+        assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+        m.job_id = 8 + i;
+        assert_int_equal(image_write(fd, path, &m, &info, err, sizeof err),
+                         0);
+        assert_false(same_file(fd, path));
+        close(fd);
+        check_our_chunks(path, &m, "png", AFTER_IHDR, &out, oc, &no);
+        assert_int_equal(out.len, in.len + oc[1].total + oc[2].total);
+        assert_int_equal(count_entries(fx->dir), 1);
+        blob_free(&out);
+    }
+
+    /* A JPEG from the runner's kind of source is converted as ever. */
+    make_jpeg(16, 8, JCS_RGB, 0, &jpeg);
+    assert_int_equal(write_via(fx, SRC_TMPFILE, &jpeg, path, &m, &info, err,
+                               sizeof err, &in_place), 0);
+    assert_false(in_place);
+    check_our_chunks(path, &m, "jpeg", AFTER_IHDR, &out, oc, &no);
+    assert_int_equal(count_entries(fx->dir), 1);
+    blob_free(&jpeg);
+    blob_free(&out);
+    blob_free(&in);
+}
+
+/* A failure after the file got its temporary name leaves nothing. */
+static void
+test_png_in_place_rename_fails(void **state)
+{
+    struct fixture *fx = *state;
+    struct pngspec sp = { 6, 6, PNG_COLOR_TYPE_RGB, 8, 0, 0, 0, 0 };
+    struct image_meta m = test_meta(21, "blocked");
+    struct image_info info;
+    struct blob in = { 0 };
+    char path[300], tmp[320], inside[340], err[256];
+    int kind;
+
+    make_png(&sp, &in);
+    snprintf(path, sizeof path, "%s/busy.png", fx->dir);
+    snprintf(inside, sizeof inside, "%s/keep", path);
+    assert_int_equal(naming_tmp_path(path, 21, tmp, sizeof tmp), 0);
+    assert_int_equal(mkdir(path, 0755), 0);     /* a folder in the way */
+    write_whole(inside, "x", 1);
+
+    for (kind = SRC_READONLY; kind <= SRC_TMPFILE; kind++) {
+        assert_int_equal(write_via(fx, (enum source_kind)kind, &in, path,
+                                   &m, &info, err, sizeof err, NULL),
+                         NB_EIO);
+        assert_non_null(strstr(err, "cannot rename"));
+        assert_false(exists(tmp));
+        assert_true(exists(inside));
+        assert_int_equal(count_entries(fx->dir), 1);
+    }
     blob_free(&in);
 }
 
@@ -772,7 +1076,7 @@ check_jpeg(struct fixture *fx, J_COLOR_SPACE cs, int progressive,
     assert_string_equal(info.source_format, "jpeg");
     assert_int_equal(info.width, w);
     assert_int_equal(info.height, h);
-    check_our_chunks(path, &m, "jpeg", &out, oc, &no);
+    check_our_chunks(path, &m, "jpeg", AFTER_IHDR, &out, oc, &no);
     assert_int_equal(info.bytes, (int64_t)out.len);
     assert_int_equal(oc[0].data[9], gray ? 0 : 2);      /* colour type */
     assert_int_equal(oc[0].data[8], 8);                 /* bit depth */
@@ -1011,40 +1315,28 @@ test_refuse_bad_jpeg(void **state)
 
 /* --- metadata ----------------------------------------------------------- */
 
+/* The texts as the file at path carries them (our chunks at place). */
 static void
-test_utf8_round_trip(void **state)
+check_utf8_texts(const char *path, const struct image_meta *m,
+                 enum place place)
 {
-    struct fixture *fx = *state;
-    static const char prompt[] =
-        "\xe9\x9b\xaa\xe3\x81\xae\xe4\xb8\xad\xe3\x81\xae\xe7\x8b\x90 "
-        "\xf0\x9f\xa6\x8a\xf0\x9f\x8f\x94\xef\xb8\x8f "
-        "e\xcc\x81 n\xcc\x83 \"quoted\" back\\slash\nsecond line\ttab";
-    struct pngspec sp = { 4, 4, PNG_COLOR_TYPE_RGB, 8, 0, 0, 0, 0 };
-    struct image_meta m = test_meta(9007199254740993LL, prompt);
-    struct image_info info;
-    struct blob in = { 0 }, out = { 0 };
+    struct blob out = { 0 };
     struct chunk oc[MAX_CHUNKS];
-    char path[300], err[256], *params, *json;
+    char *params, *json;
     json_t *root, *usage;
     int64_t id = 0;
-    size_t no;
+    size_t no, first;
 
-    m.aspect = NULL;
-    m.response_id = NULL;
-    make_png(&sp, &in);
-    snprintf(path, sizeof path, "%s/utf8.png", fx->dir);
-    assert_int_equal(run_write(fx, &in, path, &m, &info, err, sizeof err),
-                     0);
     assert_int_equal(image_job_id(path, &id), 0);
     assert_int_equal(id, 9007199254740993LL);
 
-    check_our_chunks(path, &m, "png", &out, oc, &no);
-    params = itxt_text(&oc[1]);
-    assert_int_equal(strncmp(params, prompt, strlen(prompt)), 0);
-    assert_string_equal(params + strlen(prompt), "\nModel: "
+    first = check_our_chunks(path, m, "png", place, &out, oc, &no);
+    params = itxt_text(&oc[first]);
+    assert_int_equal(strncmp(params, m->prompt, strlen(m->prompt)), 0);
+    assert_string_equal(params + strlen(m->prompt), "\nModel: "
                         "gemini-2.5-flash-image, Size: 4x4, Image size: 1K, "
                         "Generator: nbbatch");
-    json = itxt_text(&oc[2]);
+    json = itxt_text(&oc[first + 1]);
     assert_non_null(strstr(json, "\xf0\x9f\xa6\x8a"));  /* raw UTF-8 */
     root = json_loads(json, 0, NULL);
     assert_non_null(root);
@@ -1063,8 +1355,36 @@ test_utf8_round_trip(void **state)
     json_decref(root);
     free(json);
     free(params);
-    blob_free(&in);
     blob_free(&out);
+}
+
+static void
+test_utf8_round_trip(void **state)
+{
+    struct fixture *fx = *state;
+    static const char prompt[] =
+        "\xe9\x9b\xaa\xe3\x81\xae\xe4\xb8\xad\xe3\x81\xae\xe7\x8b\x90 "
+        "\xf0\x9f\xa6\x8a\xf0\x9f\x8f\x94\xef\xb8\x8f "
+        "e\xcc\x81 n\xcc\x83 \"quoted\" back\\slash\nsecond line\ttab";
+    struct pngspec sp = { 4, 4, PNG_COLOR_TYPE_RGB, 8, 0, 0, 0, 0 };
+    struct image_meta m = test_meta(9007199254740993LL, prompt);
+    struct image_info info;
+    struct blob in = { 0 };
+    char path[300], err[256];
+    int kind, in_place;
+
+    m.aspect = NULL;
+    m.response_id = NULL;
+    make_png(&sp, &in);
+    for (kind = SRC_READONLY; kind <= SRC_TMPFILE; kind++) {
+        snprintf(path, sizeof path, "%s/utf8-%d.png", fx->dir, kind);
+        assert_int_equal(write_via(fx, (enum source_kind)kind, &in, path,
+                                   &m, &info, err, sizeof err, &in_place),
+                         0);
+        assert_int_equal(in_place, kind == SRC_TMPFILE);
+        check_utf8_texts(path, &m, in_place ? BEFORE_IEND : AFTER_IHDR);
+    }
+    blob_free(&in);
 }
 
 static void
@@ -1116,6 +1436,117 @@ test_job_id_errors(void **state)
     write_whole(path, in.data, in.len);
     assert_int_equal(image_job_id(path, &id), NB_ENOTFOUND);
     assert_int_equal(id, 999);              /* untouched on failure */
+    blob_free(&in);
+}
+
+/*
+ * A PNG of another tool with a private chunk just before IEND whose data
+ * holds a complete, CRC-correct "nbbatch" chunk (job 666) and 4 bytes of
+ * padding: bytes that merely look like our chunk.
+ */
+static void
+make_png_with_lookalike(struct blob *out)
+{
+    static const char text[] = "nbbatch\0{\"job_id\":666}";
+    struct pngspec sp = { 10, 10, PNG_COLOR_TYPE_RGB, 8, 0, 0, 0, 0 };
+    unsigned char fake[12 + sizeof text + 4];
+    struct blob in = { 0 };
+    uint32_t flen = (uint32_t)sizeof text - 1;
+
+    make_png(&sp, &in);
+    put_chunk(fake, "tEXt", text, flen);
+    memset(fake + 12 + flen, 0xff, 4);
+    out->len = in.len + 12 + (12 + flen + 4);
+    out->data = malloc(out->len);
+    assert_non_null(out->data);
+    memcpy(out->data, in.data, in.len - 12);
+    put_chunk(out->data + in.len - 12, "prVt", fake, 12 + flen + 4);
+    put_chunk(out->data + out->len - 12, "IEND", NULL, 0);
+    blob_free(&in);
+}
+
+/* Our chunk is found after IHDR and before IEND, and nowhere it is not. */
+static void
+test_job_id_positions(void **state)
+{
+    struct fixture *fx = *state;
+    struct pngspec sp = { 64, 64, PNG_COLOR_TYPE_RGB, 8, 0, 0, 0, 0 };
+    struct image_meta m = test_meta(51, "where");
+    struct image_info info;
+    struct blob in = { 0 }, out = { 0 }, look = { 0 };
+    struct chunk oc[MAX_CHUNKS];
+    char path[300], err[256], *big;
+    size_t no, first, idat;
+    int64_t id = 0;
+    int in_place;
+
+    make_png(&sp, &in);
+    snprintf(path, sizeof path, "%s/w.png", fx->dir);
+
+    /* Copied: after IHDR, found before any image data is reached (even
+     * with the rest of the file cut away). */
+    assert_int_equal(run_write(fx, &in, path, &m, &info, err, sizeof err),
+                     0);
+    check_our_chunks(path, &m, "png", AFTER_IHDR, &out, oc, &no);
+    assert_string_equal(oc[3].type, "IDAT");
+    assert_int_equal(truncate(path, oc[3].start - out.data + 20), 0);
+    assert_int_equal(image_job_id(path, &id), 0);
+    assert_int_equal(id, 51);
+    blob_free(&out);
+
+    /* In place: before IEND, found by the look at the end of the file;
+     * with the first IDAT's length broken no walk could get there. */
+    m.job_id = 52;
+    assert_int_equal(write_via(fx, SRC_TMPFILE, &in, path, &m, &info, err,
+                               sizeof err, &in_place), 0);
+    assert_true(in_place);
+    check_our_chunks(path, &m, "png", BEFORE_IEND, &out, oc, &no);
+    assert_int_equal(image_job_id(path, &id), 0);
+    assert_int_equal(id, 52);
+    for (idat = 0; strcmp(oc[idat].type, "IDAT") != 0; idat++)
+        continue;
+    out.data[oc[idat].start - out.data] = 0x7f;
+    write_whole(path, out.data, out.len);
+    id = 0;
+    assert_int_equal(image_job_id(path, &id), 0);
+    assert_int_equal(id, 52);
+    blob_free(&out);
+
+    /* In place with a prompt too long for that look: the chunk headers
+     * are walked past the image data. */
+    big = malloc(100001);
+    assert_non_null(big);
+    memset(big, 'p', 100000);
+    big[100000] = '\0';
+    m = test_meta(53, big);
+    assert_int_equal(write_via(fx, SRC_TMPFILE, &in, path, &m, &info, err,
+                               sizeof err, &in_place), 0);
+    assert_true(in_place);
+    first = check_our_chunks(path, &m, "png", BEFORE_IEND, &out, oc, &no);
+    assert_true(oc[first + 1].total > 65536);
+    assert_int_equal(image_job_id(path, &id), 0);
+    assert_int_equal(id, 53);
+
+    /* The same chunk damaged: refused, not skipped. */
+    out.data[oc[first + 1].data - out.data + 200] ^= 0x01;
+    write_whole(path, out.data, out.len);
+    assert_int_equal(image_job_id(path, &id), NB_EIMAGE);
+    blob_free(&out);
+    free(big);
+
+    /* A look-alike inside another chunk is no chunk of ours... */
+    make_png_with_lookalike(&look);
+    write_whole(path, look.data, look.len);
+    assert_int_equal(image_job_id(path, &id), NB_ENOTFOUND);
+
+    /* ...and does not hide ours when the file is made in place. */
+    m = test_meta(54, "look-alike");
+    assert_int_equal(write_via(fx, SRC_TMPFILE, &look, path, &m, &info, err,
+                               sizeof err, &in_place), 0);
+    assert_true(in_place);
+    assert_int_equal(image_job_id(path, &id), 0);
+    assert_int_equal(id, 54);
+    blob_free(&look);
     blob_free(&in);
 }
 
@@ -1171,6 +1602,7 @@ test_stale_tmp(void **state)
     struct image_info info;
     struct blob in = { 0 };
     char path[300], tmp[320], err[256];
+    int in_place;
 
     snprintf(path, sizeof path, "%s/s.png", fx->dir);
     assert_int_equal(naming_tmp_path(path, 31, tmp, sizeof tmp), 0);
@@ -1180,6 +1612,14 @@ test_stale_tmp(void **state)
     make_png(&sp, &in);
     assert_int_equal(run_write(fx, &in, path, &m, &info, err, sizeof err),
                      0);
+    assert_false(exists(tmp));
+    assert_int_equal(count_entries(fx->dir), 1);
+
+    /* The same when the answer's own file is to take the place. */
+    write_whole(tmp, "half an image", 13);
+    assert_int_equal(write_via(fx, SRC_TMPFILE, &in, path, &m, &info, err,
+                               sizeof err, &in_place), 0);
+    assert_true(in_place);
     assert_false(exists(tmp));
     assert_int_equal(count_entries(fx->dir), 1);
 
@@ -1219,9 +1659,12 @@ main(void)
     const struct CMUnitTest tests[] = {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
         T(test_png_kept_byte_for_byte),
-        T(test_png_variants),
         T(test_png_offset_and_trailer),
         T(test_png_from_pipe),
+        T(test_png_in_place),
+        T(test_png_variants),
+        T(test_png_in_place_declined),
+        T(test_png_in_place_rename_fails),
         T(test_jpeg_rgb),
         T(test_jpeg_progressive),
         T(test_jpeg_gray),
@@ -1234,6 +1677,7 @@ main(void)
         T(test_utf8_round_trip),
         T(test_bad_meta),
         T(test_job_id_errors),
+        T(test_job_id_positions),
         T(test_folder_created_and_replaced),
         T(test_stale_tmp),
         T(test_check_png),

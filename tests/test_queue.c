@@ -243,6 +243,41 @@ test_open_twice_is_noop(void **state)
     assert_int_equal(sql_int(fx->path, "SELECT count(*) FROM jobs"), 1);
 }
 
+static int
+count_all(const struct queue_batch_status *s, void *arg)
+{
+    *(int64_t *)arg += s->total;
+    return 0;
+}
+
+/* A reader opens and looks while a big add holds the write lock. */
+static void
+test_open_while_adding(void **state)
+{
+    struct fx *fx = *state;
+    struct queue_new_job job = {.prompt = "p", .model = "m",
+                                .via = "direct", .out_path = "/o/1.png"};
+    struct queue *q2 = NULL;
+    char key[65];
+    int64_t bid, seq, conflict, total = 0;
+    int added;
+
+    assert_int_equal(add_job(fx->q, 1, &plain), 1);
+    make_key(2, key);
+    job.key = key;
+    assert_int_equal(queue_add_begin(fx->q, "b1", NULL, &bid, &seq), 0);
+    assert_int_equal(queue_add_job(fx->q, bid, seq, &job, &added,
+                                   &conflict), 0);
+    assert_int_equal(queue_open(fx->path, &q2, NULL, 0), 0);
+    assert_int_equal(queue_status(q2, NULL, count_all, &total), 0);
+    assert_int_equal(total, 1);                 /* the add is not visible */
+    assert_int_equal(queue_add_commit(fx->q), 0);
+    total = 0;
+    assert_int_equal(queue_status(q2, NULL, count_all, &total), 0);
+    assert_int_equal(total, 2);
+    queue_close(q2);
+}
+
 static void
 test_open_newer_schema(void **state)
 {
@@ -1268,6 +1303,145 @@ test_status_counters_random(void **state)
     check_counts(fx);
 }
 
+/*
+ * Adds job number i (key from i) to batch in the open add transaction,
+ * joining it; its output path is made from batch and out_i.  Returns
+ * *added, or a negative code.
+ */
+static int
+add_open(struct queue *q, const char *batch, int i, int out_i,
+         int64_t *conflict)
+{
+    struct queue_new_job job = {0};
+    char key[65], out[128], prompt[64];
+    int64_t bid, seq;
+    int added = -1, rc;
+
+    make_key(i, key);
+    snprintf(out, sizeof(out), "/out/%s/%06d.png", batch, out_i);
+    snprintf(prompt, sizeof(prompt), "prompt number %d", i);
+    job.key = key;
+    job.prompt = prompt;
+    job.model = "m-a";
+    job.out_path = out;
+    job.via = "direct";
+    rc = queue_add_begin(q, batch, "/out/dir", &bid, &seq);
+    if (rc == 0)
+        rc = queue_add_job(q, bid, seq, &job, &added, conflict);
+    return rc != 0 ? rc : added;
+}
+
+/*
+ * The add functions count new jobs themselves (there is no insert
+ * trigger): adds that fill several batches in one transaction, with keys
+ * already queued, clashing output paths, rollbacks and commits after a
+ * clash, mixed with claims and finishes, keep every counter equal to
+ * COUNT(*).
+ */
+static void
+test_status_counters_multi_batch_adds(void **state)
+{
+    struct fx *fx = *state;
+    const char *batches[] = {"b1", "b2", "b3"};
+    struct queue_attempt a = {.started_ms = T0};
+    struct queue_job **jobs;
+    int64_t conflict, now = T0, jobs_before;
+    unsigned seed = 4242;
+    size_t got;
+    int next = 1;
+
+#define RND() ((seed = seed * 1103515245u + 12345u) >> 16)
+    for (int round = 0; round < 80; round++) {
+        int n = 1 + (int)(RND() % 12), fate = (int)(RND() % 4);
+        const char *last_b = NULL;
+        int added = 0, last_i = 0, rc;
+
+        jobs_before = sql_int(fx->path, "SELECT count(*) FROM jobs");
+        for (int k = 0; k < n; k++) {
+            const char *b = batches[RND() % 3];
+            /* now and then a key that may be queued already */
+            int i = RND() % 4 == 0 ? 1 + (int)(RND() % (unsigned)next)
+                                   : next++;
+
+            rc = add_open(fx->q, b, i, i, &conflict);
+            assert_true(rc == 0 || rc == 1);
+            added += rc;
+            if (rc == 1) {
+                last_b = b;
+                last_i = i;
+            }
+        }
+        if (fate == 1 && last_b != NULL) {
+            /* a new key on the path of a job of this transaction */
+            conflict = 0;
+            rc = add_open(fx->q, last_b, next++, last_i, &conflict);
+            assert_int_equal(rc, NB_EEXIST);
+            assert_true(conflict > 0);
+        }
+        if (fate == 0) {
+            queue_add_rollback(fx->q);
+            added = 0;
+        } else {
+            assert_int_equal(queue_add_commit(fx->q), 0);
+        }
+        assert_int_equal(sql_int(fx->path, "SELECT count(*) FROM jobs"),
+                         jobs_before + added);
+
+        now += 10;
+        assert_int_equal(queue_claim(fx->q, "o", now, 50, NULL, 2, &jobs,
+                                     &got), 0);
+        for (size_t j = 0; j < got; j++) {
+            a.outcome = j == 0 ? QUEUE_OUT_DONE : QUEUE_OUT_FAILED;
+            assert_int_equal(queue_finish(fx->q, jobs[j]->id, "o", &a), 0);
+        }
+        queue_jobs_free(jobs, got);
+        check_counts(fx);
+    }
+#undef RND
+    assert_true(sql_int(fx->path, "SELECT count(*) FROM jobs") > 100);
+    assert_int_equal(sql_int(fx->path, "SELECT count(*) FROM sqlite_schema"
+                             " WHERE type = 'trigger' AND tbl_name = 'jobs'"
+                             " AND sql LIKE '%AFTER INSERT%'"), 0);
+}
+
+/* A version 1 file (insert trigger) migrates and counts exactly after. */
+static void
+test_migrate_v1_counts(void **state)
+{
+    struct fx *fx = *state;
+    const char *d = getenv("NB_TESTDATA");
+    char path[512], *sql;
+    FILE *f;
+    long len;
+
+    queue_close(fx->q);
+    fx->q = NULL;
+    remove_db(fx->path);
+    snprintf(path, sizeof(path), "%s/queue/schema-v1.sql",
+             d != NULL ? d : "tests/data");
+    assert_non_null(f = fopen(path, "r"));
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    assert_true((len = ftell(f)) > 0);
+    rewind(f);
+    assert_non_null(sql = calloc(1, (size_t)len + 1));
+    assert_int_equal(fread(sql, 1, (size_t)len, f), (size_t)len);
+    fclose(f);
+    sql_exec(fx->path, sql);
+    free(sql);
+    assert_int_equal(sql_int(fx->path, "PRAGMA user_version"), 1);
+
+    assert_int_equal(queue_open(fx->path, &fx->q, NULL, 0), 0);
+    queue_set_clock(fx->q, T0);
+    assert_true(sql_int(fx->path, "PRAGMA user_version") >= 2);
+    check_counts(fx);
+    assert_int_equal(add_open(fx->q, "v1", 2, 2, NULL), 1);
+    assert_int_equal(add_open(fx->q, "b2", 3, 3, NULL), 1);
+    assert_int_equal(queue_add_commit(fx->q), 0);
+    check_counts(fx);
+    assert_int_equal(sql_int(fx->path, "SELECT n FROM batch_counts"
+                             " WHERE id = 8"), 2);
+}
+
 static void
 test_status_batches(void **state)
 {
@@ -1413,6 +1587,8 @@ main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_open_twice_is_noop, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_open_while_adding, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_open_newer_schema, setup,
                                         teardown),
         cmocka_unit_test(test_open_bad_path),
@@ -1457,6 +1633,10 @@ main(void)
         cmocka_unit_test_setup_teardown(test_release_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mark_done, setup, teardown),
         cmocka_unit_test_setup_teardown(test_status_counters_random, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(
+            test_status_counters_multi_batch_adds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_v1_counts, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_status_batches, setup,
                                         teardown),

@@ -10,6 +10,8 @@ setup_workdir() {
     mkdir -p "$WORK"
     cd "$WORK"
     export NBBATCH_DB=$WORK/nbbatch.db
+    # No user configuration leaks into the tests.
+    export XDG_CONFIG_HOME=$WORK/config HOME=$WORK
     unset GEMINI_API_KEY GOOGLE_API_KEY GEMINI_BASE_URL \
         GOOGLE_GEMINI_BASE_URL NBBATCH_LOG_LEVEL LOG_LEVEL
 }

@@ -46,10 +46,10 @@ three_jobs() {
     run "$NBBATCH" status
     echo "$output"
     [ "$status" -eq 0 ]
-    [[ "${lines[0]}" == BATCH*QUEUED*RUNNING*DONE*FAILED*BLOCKED*FOLDER ]]
-    [[ "${lines[1]}" =~ ^p\ +3\ +0\ +0\ +0\ +0\ +0\ +0/3\ +no\ +$WORK/out$ ]]
+    [[ "${lines[0]}" == BATCH*QUEUED*RUNNING*DONE*FAILED*BLOCKED*SPENT*FOLDER ]]
+    [[ "${lines[1]}" =~ ^p\ +3\ +0\ +0\ +0\ +0\ +0\ +0/3\ +\$0\.00\ +no\ +$WORK/out$ ]]
     [[ "${lines[2]}" == second*"0/2"*"$WORK/o2" ]]
-    [[ "${lines[3]}" == total*"0/5" ]]
+    [[ "${lines[3]}" == total*"0/5"*'$0.00' ]]
     run "$NBBATCH" status second
     [ "$status" -eq 0 ]
     [ "${#lines[@]}" -eq 2 ]

@@ -15,6 +15,8 @@ set -u
 NBBATCH=${1:-${NBBATCH:-./nbbatch}}
 HERE=$(cd "$(dirname "$0")" && pwd)
 case $NBBATCH in /*) ;; *) NBBATCH=$PWD/$NBBATCH ;; esac
+# A relative MEASURE is taken from here, before the cd below.
+case ${MEASURE:-} in /*|'') ;; *) MEASURE=$PWD/$MEASURE ;; esac
 [ -x "$NBBATCH" ] || { echo "bench_add: no binary at $NBBATCH" >&2; exit 2; }
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/bench_add.XXXXXX")
@@ -62,7 +64,10 @@ awk 'BEGIN { for (i = 1; i <= 1000000; i++)
 add_rc=$?
 add_s=$(cat add.sec)
 add_mb=$(awk '{ printf "%.1f", $1 / 1024 }' add.kb)
+# CPU seconds of both threads: steadier than wall time on a busy machine.
+add_cpu=$(tr ' ' '\n' <add.kb.raw | sed -n 's/^cpu_s=//p')
 echo "add_1m_seconds=$add_s"
+echo "add_1m_cpu_seconds=${add_cpu:-?}"
 echo "add_1m_peak_mb=$add_mb"
 [ $add_rc -eq 0 ] || { cat add.err >&2; miss "add exited $add_rc"; }
 grep -q '^added 1000000 jobs' add.out || miss "add said: $(cat add.out)"
