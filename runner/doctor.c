@@ -26,6 +26,7 @@
 #include "runner/advice.h"
 #include "runner/apikey.h"
 #include "runner/cli.h"
+#include "runner/config.h"
 #include "runner/http.h"
 #include "runner/log.h"
 
@@ -34,6 +35,7 @@
 struct doctor {
     const char *model;
     const char *key_file;
+    const char *config;
     int generate;
     int64_t timeout_ms;
     int failed;
@@ -260,6 +262,7 @@ parse_opts(struct doctor *d, int argc, char **argv)
         {"key-file", required_argument, NULL, 'k'},
         {"generate", no_argument, NULL, 'g'},
         {"timeout", required_argument, NULL, 't'},
+        {"config", required_argument, NULL, 'c'},
         {NULL, 0, NULL, 0}
     };
     char *end;
@@ -272,6 +275,7 @@ parse_opts(struct doctor *d, int argc, char **argv)
         case 'm': d->model = optarg; break;
         case 'k': d->key_file = optarg; break;
         case 'g': d->generate = 1; break;
+        case 'c': d->config = optarg; break;
         case 't':
             v = strtol(optarg, &end, 10);
             if (*end != '\0' || v < 1 || v > 3600)
@@ -296,6 +300,7 @@ cmd_doctor(int argc, char **argv)
 {
     struct doctor d = {.model = MODELS_DEFAULT, .timeout_ms = 300000};
     struct http_config cfg = {0};
+    static struct config conf;
     const char *source = NULL;
     char *key = NULL, err[512];
     int status, rc;
@@ -303,12 +308,22 @@ cmd_doctor(int argc, char **argv)
     status = parse_opts(&d, argc, argv);
     if (status != EXIT_OK)
         return status;
+    config_init(&conf);
+    if (config_load(d.config, &conf, err, sizeof(err)) != 0) {
+        report(&d, "config", 0, "%s", err);
+        return EXIT_CONFIG;
+    }
+    if (d.key_file == NULL && getenv("GEMINI_API_KEY") == NULL &&
+        getenv("GOOGLE_API_KEY") == NULL && conf.key_file[0] != '\0')
+        d.key_file = conf.key_file;
     rc = apikey_load(d.key_file, &key, &source, err, sizeof(err));
     if (rc == 0)
         report(&d, "key", 1, "set (from %s)", source);
     else
         report(&d, "key", 0, "%s", err);
     cfg.base_url = apikey_base_url();
+    if (cfg.base_url == NULL && conf.endpoints[0].base_url[0] != '\0')
+        cfg.base_url = conf.endpoints[0].base_url;
     cfg.api_key = key;
     if (http_global_init() != 0)
         return EXIT_SOFTWARE;

@@ -60,7 +60,8 @@ static const struct command commands[] = {
      "        [--db PATH]",
      "generate the queued images"},
     {"doctor", cmd_doctor,
-     "doctor [--model M] [--generate] [--key-file F] [--timeout SEC]",
+     "doctor [--model M] [--generate] [--key-file F] [--config F]\n"
+     "        [--timeout SEC]",
      "check key, network, endpoint and model"},
     {"schedule", cmd_schedule,
      "schedule [--window W] [--tz TZ] [--config F] [--db PATH] [--batch B]\n"
