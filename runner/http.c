@@ -412,24 +412,32 @@ setup_easy(struct http *h, struct http_xfer *x, struct http_request *req)
     return 0;
 }
 
-int
-http_start(struct http *h, struct http_request *req, struct http_xfer **out)
+/* A transfer set up for req; the body is freed on failure. */
+static int
+xfer_prepare(struct http *h, struct http_request *req, struct http_xfer **out)
 {
     struct http_xfer *x = xfer_get(h);
-    int rc;
+    int rc = x != NULL ? setup_easy(h, x, req) : NB_ENOMEM;
 
-    if (x == NULL) {
-        free(req->body);
-        req->body = NULL;
-        return NB_ENOMEM;
-    }
-    rc = setup_easy(h, x, req);
     if (rc != 0) {
         free(req->body);
         req->body = NULL;
-        xfer_put(h, x);
+        if (x != NULL)
+            xfer_put(h, x);
         return rc;
     }
+    *out = x;
+    return 0;
+}
+
+int
+http_start(struct http *h, struct http_request *req, struct http_xfer **out)
+{
+    struct http_xfer *x = NULL;
+    int rc = xfer_prepare(h, req, &x);
+
+    if (rc != 0)
+        return rc;
     if (curl_multi_add_handle(h->multi, x->easy) != CURLM_OK) {
         xfer_put(h, x);
         return NB_EHTTP;
@@ -557,24 +565,15 @@ http_fetch(struct http *h, struct http_request *req, struct http_result *r,
            char **body, size_t *len, size_t max)
 {
     struct fetch_buf buf = {NULL, 0, 0, max};
-    struct http_xfer *x = xfer_get(h);
+    struct http_xfer *x = NULL;
     CURLcode code;
     int rc;
 
-    if (x == NULL) {
-        free(req->body);
-        req->body = NULL;
-        return NB_ENOMEM;
-    }
     req->on_body = fetch_body;
     req->user = &buf;
-    rc = setup_easy(h, x, req);
-    if (rc != 0) {
-        free(req->body);
-        req->body = NULL;
-        xfer_put(h, x);
+    rc = xfer_prepare(h, req, &x);
+    if (rc != 0)
         return rc;
-    }
     code = curl_easy_perform(x->easy);
     fill_result(x, code);
     *r = x->result;

@@ -117,6 +117,8 @@ struct run {
     int64_t next_claim_mono;
     int64_t next_renew_mono;
     int64_t next_totals_mono;
+    int64_t next_end_check_mono;    /* when loop_should_end may ask the
+                                       queue again (a scan at millions) */
     int stop_dispatch;
     int fatal_status;           /* exit status of a fatal stop, or 0 */
     int64_t grace_deadline;     /* mono ms; 0: none */
@@ -784,6 +786,8 @@ take_decoded(struct run *r)
         } else
             record_outcome(r, s);
         slot_free(r, s);
+        if (r->nslots == 0)
+            r->next_end_check_mono = 0;     /* maybe all done: look now */
     }
 }
 
@@ -862,6 +866,9 @@ loop_should_end(struct run *r, int64_t mono)
         return 1;
     if (r->opt.max_jobs > 0 && r->dispatched >= r->opt.max_jobs)
         return 1;
+    if (mono < r->next_end_check_mono)
+        return 0;
+    r->next_end_check_mono = mono + IDLE_RECHECK_MS;
     /* Nothing in flight and nothing queued (retries count as queued). */
     if (queue_next_due(r->q, &filter, &due) != 0 || due != 0)
         return 0;
