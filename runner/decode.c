@@ -68,9 +68,11 @@ process(struct decode_task *t)
     t->write_rc = 0;
     t->write_err[0] = '\0';
     memset(&t->info, 0, sizeof(t->info));
-    answer_classify(t->answer, t->http_status, t->transport_error,
-                    t->transport_error ? t->transport_msg : NULL,
-                    t->retry_after[0] ? t->retry_after : NULL, &t->result);
+    if (!t->classified)
+        answer_classify(t->answer, t->http_status, t->transport_error,
+                        t->transport_error ? t->transport_msg : NULL,
+                        t->retry_after[0] ? t->retry_after : NULL,
+                        &t->result);
     if (t->result.cls == ANSWER_OK)
         write_image(t);
 }

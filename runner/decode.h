@@ -19,6 +19,7 @@ struct decode_task {
     int transport_error;
     char transport_msg[256];
     char retry_after[64];
+    int classified;                 /* result below already filled */
     /* out */
     struct answer_result result;
     int write_rc;                   /* image_write()'s result, when the
@@ -38,7 +39,8 @@ struct decode_pool;
  */
 struct decode_pool *decode_pool_new(int threads, void (*notify)(void *),
                                     void *arg);
-/* Queues t; a worker classifies it and, for an image, writes the PNG. */
+/* Queues t; a worker classifies it (unless t->classified) and, for an
+ * image, writes the PNG. */
 void decode_pool_submit(struct decode_pool *p, struct decode_task *t);
 /* Takes every finished task (a list through ->next), or NULL. */
 struct decode_task *decode_pool_take(struct decode_pool *p);

@@ -382,12 +382,17 @@ setup_easy(struct http *h, struct http_xfer *x, struct http_request *req)
     x->user = req->user;
 
     curl_easy_setopt(e, CURLOPT_URL, url);
+    /* Over TLS, ALPN tells at the handshake whether HTTP/2 can carry
+     * this transfer on an existing connection: worth waiting for.  Over
+     * plain HTTP it is only known after a whole answer, so waiting would
+     * hold every transfer behind the first one. */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT,
+                     strncmp(url, "https://", 8) == 0 ? 1L : 0L);
     free(url);      /* libcurl keeps its own copy */
     curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "nbbatch/0.1");
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);

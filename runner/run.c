@@ -111,6 +111,7 @@ struct run {
     char owner[320];
     struct slot *slots;         /* in flight or decoding */
     int nslots;
+    int n_net;                  /* of those, requests on the wire */
     int64_t dispatched;
     int64_t done;
     int64_t failed;
@@ -413,6 +414,8 @@ dispatch(struct run *r, struct queue_job *job, const struct gate_ticket *t)
               (long long)job->id, path, req.body_len, job->attempts + 1);
     rc = http_start(r->http, &req, &s->xfer);
     slot_link(r, s);
+    if (rc == 0)
+        r->n_net++;
     if (rc != 0) {
         gate_abandon(r->gate, t);
         release_job(r, job, "cannot start the request");
@@ -510,11 +513,21 @@ claim_filter(const struct run *r)
     return f;
 }
 
+/*
+ * How many requests may start now.  A request's place is freed when its
+ * answer has arrived, not when it is decoded, so that writing images
+ * never holds the network back; answers waiting to be decoded (small:
+ * their images are in temporary files) are capped at --workers.
+ */
 static int
 dispatch_room(const struct run *r)
 {
     int limit = gate_limit(r->gate);
-    int room = (limit < r->opt.workers ? limit : r->opt.workers) - r->nslots;
+    int room = (limit < r->opt.workers ? limit : r->opt.workers) - r->n_net;
+    int backlog = r->opt.workers - (r->nslots - r->n_net);
+
+    if (backlog < room)
+        room = backlog;
 
     if (r->opt.max_jobs > 0 && r->opt.max_jobs - r->dispatched < room)
         room = (int)(r->opt.max_jobs - r->dispatched);
@@ -618,6 +631,25 @@ claim_and_dispatch(struct run *r, int64_t mono)
         r->idle_exit = 1;
 }
 
+static void record_outcome(struct run *r, struct slot *s);
+
+/* Records the outcome of a slot's request and frees the slot. */
+static void
+settle(struct run *r, struct slot *s)
+{
+    /* After a fatal stop, answers still arriving change nothing: their
+     * jobs go back to the queue unless they got an image. */
+    if (r->fatal_status != 0 && s->task.result.cls != ANSWER_OK) {
+        gate_abandon(r->gate, &s->ticket);
+        release_job(r, s->job, "run stopped");
+    } else {
+        record_outcome(r, s);
+    }
+    slot_free(r, s);
+    if (r->nslots == 0)
+        r->next_end_check_mono = 0;     /* maybe all done: look now */
+}
+
 static void
 on_transfer_done(void *user, const struct http_result *res, void *arg)
 {
@@ -626,6 +658,7 @@ on_transfer_done(void *user, const struct http_result *res, void *arg)
     struct decode_task *t = &s->task;
 
     s->xfer = NULL;
+    r->n_net--;
     t->answer = s->answer;
     t->job = s->job;
     t->http_status = res->http_status;
@@ -637,7 +670,20 @@ on_transfer_done(void *user, const struct http_result *res, void *arg)
               (long long)s->job->id, res->http_status,
               (long long)res->body_bytes, res->total_s,
               res->transport_error ? ", " : "", res->error);
-    decode_pool_submit(r->pool, t);
+    /* Classifying is cheap (the JSON without its images): done here, so
+     * that a fatal, overload or quota answer reaches the gate before the
+     * place it frees goes to another request.  Only images go on to the
+     * decode workers. */
+    answer_classify(t->answer, t->http_status, t->transport_error,
+                    t->transport_error ? t->transport_msg : NULL,
+                    t->retry_after[0] ? t->retry_after : NULL, &t->result);
+    t->classified = 1;
+    if (t->result.cls == ANSWER_OK) {
+        decode_pool_submit(r->pool, t);
+        return;
+    }
+    t->write_rc = 0;
+    settle(r, s);
 }
 
 static void
@@ -775,19 +821,8 @@ take_decoded(struct run *r)
     struct decode_task *t, *next;
 
     for (t = decode_pool_take(r->pool); t != NULL; t = next) {
-        struct slot *s = t->user;
-
         next = t->next;
-        /* After a fatal stop, answers still arriving change nothing:
-         * their jobs go back to the queue unless they got an image. */
-        if (r->fatal_status != 0 && t->result.cls != ANSWER_OK) {
-            gate_abandon(r->gate, &s->ticket);
-            release_job(r, s->job, "run stopped");
-        } else
-            record_outcome(r, s);
-        slot_free(r, s);
-        if (r->nslots == 0)
-            r->next_end_check_mono = 0;     /* maybe all done: look now */
+        settle(r, t->user);
     }
 }
 
@@ -803,6 +838,7 @@ abort_inflight(struct run *r, const char *why)
             continue;       /* decoding: let it finish */
         http_abort(r->http, s->xfer);
         s->xfer = NULL;
+        r->n_net--;
         gate_abandon(r->gate, &s->ticket);
         release_job(r, s->job, why);
         slot_free(r, s);
@@ -847,7 +883,7 @@ refresh_totals(struct run *r, int64_t mono)
     r->next_totals_mono = mono + 1000;
     if (queue_status(r->q, r->opt.batch, status_cb, acc) == 0)
         progress_totals(r->progress, acc[0], acc[1]);
-    progress_inflight(r->progress, r->nslots);
+    progress_inflight(r->progress, r->n_net);
 }
 
 static int
@@ -1231,7 +1267,9 @@ cmd_run(int argc, char **argv)
 
     memset(&r, 0, sizeof(r));
     r.opt.grace_ms = 30 * 1000;
-    r.opt.decoders = ncpu < 1 ? 1 : ncpu > 4 ? 4 : (int)ncpu;
+    /* Twice the cores: image writes wait for fsync as much as they
+     * compute. */
+    r.opt.decoders = ncpu < 1 ? 2 : ncpu > 4 ? 8 : 2 * (int)ncpu;
     status = parse_opts(argc, argv, &r.opt);
     if (status != EXIT_OK)
         return status;

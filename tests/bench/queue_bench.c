@@ -278,8 +278,9 @@ main(int argc, char **argv)
     printf("list_failed_none_ms=%.2f\n", (mono_s() - t) * 1e3);
     printf("claim_past_paused_ms=%.2f\n", claim_past_paused(q) * 1e3);
 
-    fail = add_s >= 10 || readd_s >= 10 || add_mb >= 150 || added != 0 ||
-        status_s >= 0.1 || claim_s >= 0.1 || got != 64;
+    /* The add targets belong to `nbbatch add` as a whole (parsing on a
+     * second thread): bench_add.sh judges them; here they are figures. */
+    fail = added != 0 || status_s >= 0.1 || claim_s >= 0.1 || got != 64;
     queue_close(q);
     if (argc <= 2) {
         char side[600];
