@@ -582,6 +582,16 @@ update_gate(struct run *r, int64_t now)
         progress_pause(r->progress, reason[0] ? reason : NULL);
 }
 
+/* The next claim in wait_ms, but never more than a second from now. */
+static void
+look_again_in(struct run *r, int64_t mono, int64_t wait_ms)
+{
+    if (wait_ms < 0)
+        wait_ms = 0;
+    r->next_claim_mono = mono + (wait_ms < IDLE_RECHECK_MS ? wait_ms
+                                                           : IDLE_RECHECK_MS);
+}
+
 static void
 claim_and_dispatch(struct run *r, int64_t mono)
 {
@@ -595,9 +605,7 @@ claim_and_dispatch(struct run *r, int64_t mono)
         return;
     if (r->run_window.n > 0 && !r->run_window_open) {
         /* Waiting for the window (--wait): look again when it opens. */
-        int64_t wait = r->run_window_change_ms - now;
-        r->next_claim_mono = mono + (wait < IDLE_RECHECK_MS ?
-                                     (wait > 0 ? wait : 0) : IDLE_RECHECK_MS);
+        look_again_in(r, mono, r->run_window_change_ms - now);
         return;
     }
     if (queue_claim(r->q, r->owner, now, LEASE_MS, &filter, (size_t)room,
@@ -611,10 +619,7 @@ claim_and_dispatch(struct run *r, int64_t mono)
     free(jobs);
     if (r->n_skip_models > 0 && r->blocked_next_ms != INT64_MAX) {
         /* Look again when a blocked model frees (a quota slot, say). */
-        int64_t w = r->blocked_next_ms - now;
-
-        r->next_claim_mono = mono + (w < IDLE_RECHECK_MS ?
-                                     (w > 0 ? w : 0) : IDLE_RECHECK_MS);
+        look_again_in(r, mono, r->blocked_next_ms - now);
     }
     if (n == (size_t)room)
         return;     /* maybe more: claim again on the next turn */
@@ -624,9 +629,7 @@ claim_and_dispatch(struct run *r, int64_t mono)
     }
     /* Sleep until the next job is due, but look for new work each
      * second (`nbbatch add` may run meanwhile). */
-    r->next_claim_mono = mono + (due - now < IDLE_RECHECK_MS ?
-                                 (due > now ? due - now : 0) :
-                                 IDLE_RECHECK_MS);
+    look_again_in(r, mono, due - now);
     if (due - now > FAR_FUTURE_MS && !r->opt.wait && r->nslots == 0)
         r->idle_exit = 1;
 }
@@ -969,6 +972,10 @@ main_loop(struct run *r)
         wait_ms = 200;
         if (r->next_claim_mono > mono && r->next_claim_mono - mono < wait_ms)
             wait_ms = (int)(r->next_claim_mono - mono);
+        /* Places free and work due: claim again without waiting. */
+        if (!r->stop_dispatch && r->fatal_status == 0 &&
+            mono >= r->next_claim_mono && dispatch_room(r) > 0)
+            wait_ms = 0;
         if (http_poll(r->http, wait_ms, on_transfer_done, r) < 0) {
             log_error("transport failure");
             r->fatal_status = EXIT_SOFTWARE;
