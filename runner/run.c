@@ -109,6 +109,8 @@ struct run {
     struct decode_pool *pool;
     struct progress *progress;
     char owner[320];
+    struct decode_task *decoded;    /* written images not yet recorded */
+    struct decode_task *decoded_tail;
     struct slot *slots;         /* in flight or decoding */
     int nslots;
     int n_net;                  /* of those, requests on the wire */
@@ -818,13 +820,30 @@ record_outcome(struct run *r, struct slot *s)
     }
 }
 
-static void
-take_decoded(struct run *r)
-{
-    struct decode_task *t, *next;
+/* Decoded answers recorded per turn of the loop: each is a transaction,
+ * and claiming new work must not wait behind a whole wave of them. */
+#define SETTLE_PER_TURN 32
 
-    for (t = decode_pool_take(r->pool); t != NULL; t = next) {
-        next = t->next;
+static void
+take_decoded(struct run *r, int all)
+{
+    struct decode_task *t = decode_pool_take(r->pool);
+    int n = 0;
+
+    if (t != NULL) {
+        if (r->decoded_tail != NULL)
+            r->decoded_tail->next = t;
+        else
+            r->decoded = t;
+        while (t->next != NULL)
+            t = t->next;
+        r->decoded_tail = t;
+    }
+    while (r->decoded != NULL && (all || n++ < SETTLE_PER_TURN)) {
+        t = r->decoded;
+        r->decoded = t->next;
+        if (r->decoded == NULL)
+            r->decoded_tail = NULL;
         settle(r, t->user);
     }
 }
@@ -964,7 +983,7 @@ main_loop(struct run *r)
             queue_renew(r->q, r->owner, cli_now_ms() + LEASE_MS);
             r->next_renew_mono = mono + RENEW_EVERY_MS;
         }
-        take_decoded(r);
+        take_decoded(r, 0);
         refresh_totals(r, mono);
         progress_tick(r->progress, mono);
         if (loop_should_end(r, mono))
@@ -972,9 +991,11 @@ main_loop(struct run *r)
         wait_ms = 200;
         if (r->next_claim_mono > mono && r->next_claim_mono - mono < wait_ms)
             wait_ms = (int)(r->next_claim_mono - mono);
-        /* Places free and work due: claim again without waiting. */
-        if (!r->stop_dispatch && r->fatal_status == 0 &&
-            mono >= r->next_claim_mono && dispatch_room(r) > 0)
+        /* Places free and work due, or results to record: go round
+         * again without waiting. */
+        if ((!r->stop_dispatch && r->fatal_status == 0 &&
+             mono >= r->next_claim_mono && dispatch_room(r) > 0) ||
+            r->decoded != NULL)
             wait_ms = 0;
         if (http_poll(r->http, wait_ms, on_transfer_done, r) < 0) {
             log_error("transport failure");
