@@ -16,6 +16,14 @@ is(const char *s, const char *want)
 }
 
 const char *
+advice_stop(const char *msg)
+{
+    size_t n = strlen(msg);
+
+    return (n > 0 && msg[n - 1] == '.') ? "" : ".";
+}
+
+const char *
 advice_for(int http_status, const char *reason, const char *api_status)
 {
     if (is(reason, "API_KEY_INVALID"))

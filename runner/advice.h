@@ -12,4 +12,7 @@
 const char *advice_for(int http_status, const char *reason,
                        const char *api_status);
 
+/* "." when msg does not already end a sentence, else "" (static). */
+const char *advice_stop(const char *msg);
+
 #endif

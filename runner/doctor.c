@@ -140,15 +140,6 @@ supports_generate(const char *body)
     return found;
 }
 
-/* "." to end a sentence that does not end with one already. */
-static const char *
-stop_after(const char *msg)
-{
-    size_t n = strlen(msg);
-
-    return (n > 0 && msg[n - 1] == '.') ? "" : ".";
-}
-
 static void
 explain_error(struct doctor *d, const char *check, const char *body,
               size_t len, const struct http_result *hr)
@@ -157,7 +148,7 @@ explain_error(struct doctor *d, const char *check, const char *body,
 
     answer_classify_error(body, len, hr->http_status,
                           hr->retry_after[0] ? hr->retry_after : NULL, &ar);
-    report(d, check, 0, "%s%s To fix: %s", ar.message, stop_after(ar.message),
+    report(d, check, 0, "%s%s To fix: %s", ar.message, advice_stop(ar.message),
            advice_for(hr->http_status, ar.reason, ar.api_status));
 }
 
@@ -240,7 +231,7 @@ check_generate(struct doctor *d)
                     hr.retry_after[0] ? hr.retry_after : NULL, &ar);
     if (ar.cls != ANSWER_OK) {
         report(d, "generate", 0, "%s%s (%s answer) To fix: %s", ar.message,
-               stop_after(ar.message), answer_class_name(ar.cls),
+               advice_stop(ar.message), answer_class_name(ar.cls),
                advice_for(ar.http_status, ar.reason, ar.api_status));
         goto out;
     }

@@ -692,8 +692,7 @@ on_transfer_done(void *user, const struct http_result *res, void *arg)
 }
 
 static void
-fill_usage(struct queue_attempt *a, const struct answer_result *res,
-           const struct queue_job *job)
+fill_usage(struct queue_attempt *a, const struct answer_result *res)
 {
     a->http_status = res->http_status;
     a->api_status = res->api_status[0] ? res->api_status : NULL;
@@ -703,10 +702,6 @@ fill_usage(struct queue_attempt *a, const struct answer_result *res,
     a->prompt_tokens = res->prompt_tokens;
     a->output_tokens = res->output_tokens;
     a->thought_tokens = res->thought_tokens;
-    a->cost_usd = models_cost(job->model, res->prompt_tokens,
-                              res->output_tokens + res->thought_tokens, 0);
-    if (a->cost_usd < 0)
-        a->cost_usd = 0;
 }
 
 /* A fatal answer: stop everything, leave every job queued. */
@@ -719,9 +714,7 @@ fatal_stop(struct run *r, const struct answer_result *res)
         return;
     r->fatal_status = EXIT_CONFIG;
     snprintf(msg, sizeof(msg), "stopping, every job stays queued: %s%s "
-             "To fix: %s", res->message,
-             res->message[0] && res->message[strlen(res->message) - 1]
-             == '.' ? "" : ".",
+             "To fix: %s", res->message, advice_stop(res->message),
              advice_for(res->http_status, res->reason, res->api_status));
     progress_stop(r->progress, msg);
     r->stop_dispatch = 1;
@@ -769,7 +762,7 @@ record_outcome(struct run *r, struct slot *s)
     };
     char event[256];
 
-    fill_usage(&a, res, job);
+    fill_usage(&a, res);
     a.cost_usd = gate_outcome(r->gate, &s->ticket, res, cli_now_ms(), event,
                               sizeof(event));
     if (event[0] != '\0')

@@ -23,6 +23,8 @@
 
 #include <cmocka.h>
 
+#include "tests/testutil.h"
+
 #include "jobs/answer.h"
 #include "queue/nberr.h"
 #include "runner/config.h"
@@ -31,22 +33,6 @@
 #define SEC 1000LL
 #define MIN (60 * SEC)
 
-/* "YYYY-MM-DD HH:MM[:SS]" in UTC as epoch milliseconds (glibc timegm, so
- * the expected instants do not lean on tzone's calendar). */
-static int64_t
-utc(const char *text)
-{
-    struct tm tm = {0};
-    int sec = 0;
-    int n = sscanf(text, "%d-%d-%d %d:%d:%d", &tm.tm_year, &tm.tm_mon,
-                   &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &sec);
-
-    assert_true(n >= 5);
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    tm.tm_sec = sec;
-    return (int64_t)timegm(&tm) * 1000;
-}
 
 static struct config_breaker
 defaults(void)

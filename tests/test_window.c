@@ -22,25 +22,12 @@
 
 #include <cmocka.h>
 
+#include "tests/testutil.h"
+
 #include "queue/nberr.h"
 #include "runner/tzone.h"
 #include "runner/window.h"
 
-/* "YYYY-MM-DD HH:MM[:SS]" in UTC as epoch milliseconds. */
-static int64_t
-utc(const char *text)
-{
-    struct tm tm = {0};
-    int sec = 0;
-    int n = sscanf(text, "%d-%d-%d %d:%d:%d", &tm.tm_year, &tm.tm_mon,
-                   &tm.tm_mday, &tm.tm_hour, &tm.tm_min, &sec);
-
-    assert_true(n >= 5);
-    tm.tm_year -= 1900;
-    tm.tm_mon -= 1;
-    tm.tm_sec = sec;
-    return (int64_t)timegm(&tm) * 1000;
-}
 
 static struct window_set
 windows(const char *text)
