@@ -29,19 +29,23 @@ ALL_CFLAGS = $(BASEFLAGS) $(PKG_CFLAGS) $(CFLAGS)
 # Objects, listed per folder.
 QUEUE_SRC  = queue/nberr.c queue/queue.c
 JOBS_SRC   = jobs/models.c jobs/promptfile.c jobs/jobkey.c jobs/request.c \
-             jobs/answer.c jobs/image.c jobs/naming.c
+             jobs/answer.c jobs/image.c jobs/naming.c jobs/batchfmt.c
 RUNNER_SRC = runner/log.c runner/owner.c runner/apikey.c runner/advice.c \
              runner/cmd_add.c \
              runner/cmd_queue.c runner/http.c runner/decode.c \
              runner/progress.c runner/run.c runner/doctor.c \
              runner/tzone.c runner/window.c runner/config.c \
-             runner/cmd_schedule.c runner/sched.c runner/gate.c
+             runner/cmd_schedule.c runner/sched.c runner/gate.c \
+             runner/remote.c \
+             runner/mcp_proto.c runner/mcp.c
 MAIN_SRC   = runner/main.c
 SIM_SRC    = tests/sim/sim.c tests/sim/scenario.c tests/sim/imagegen.c \
-             tests/sim/api.c tests/sim/body.c
+             tests/sim/api.c tests/sim/body.c tests/sim/batch.c
 UNIT_TESTS = test_queue test_promptfile test_answer test_image \
-             test_window test_config test_sched
-FUZZERS    = fuzz_promptfile fuzz_answer fuzz_error fuzz_image fuzz_config
+             test_window test_config test_sched test_mcp_proto \
+             test_batchfmt
+FUZZERS    = fuzz_promptfile fuzz_answer fuzz_error fuzz_image fuzz_config \
+             fuzz_mcp fuzz_batchfmt
 
 LIB_SRC  = $(QUEUE_SRC) $(JOBS_SRC) $(RUNNER_SRC)
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/%.o)
@@ -89,6 +93,8 @@ T_CONFIG     = $(call o,queue/nberr.c runner/tzone.c runner/window.c \
                         runner/config.c jobs/models.c)
 T_SCHED      = $(call o,queue/nberr.c runner/tzone.c runner/window.c \
                         runner/config.c jobs/models.c runner/sched.c)
+T_BATCHFMT   = $(call o,queue/nberr.c jobs/batchfmt.c)
+T_MCP_PROTO  = $(call o,queue/nberr.c jobs/models.c runner/mcp_proto.c)
 
 $(BUILD)/tests/test_queue:      $(T_QUEUE)
 $(BUILD)/tests/test_promptfile: $(T_PROMPTFILE)
@@ -97,6 +103,8 @@ $(BUILD)/tests/test_image:      $(T_IMAGE)
 $(BUILD)/tests/test_window:     $(T_WINDOW)
 $(BUILD)/tests/test_config:     $(T_CONFIG)
 $(BUILD)/tests/test_sched:      $(T_SCHED)
+$(BUILD)/tests/test_mcp_proto:  $(T_MCP_PROTO)
+$(BUILD)/tests/test_batchfmt:   $(T_BATCHFMT)
 $(BUILD)/tests/test_%: tests/test_%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(PKG_LIBS) $(shell pkg-config --libs cmocka) -lm
@@ -142,7 +150,7 @@ bats: deps nbbatch $(BUILD)/nbsim $(BUILD)/tests/pngcheck
 	bats tests/bats
 
 FUZZ_SRC = $(QUEUE_SRC) $(JOBS_SRC) runner/config.c runner/window.c \
-           runner/tzone.c
+           runner/tzone.c runner/mcp_proto.c
 fuzz: deps
 	@mkdir -p build/fuzz
 	@set -e; for f in $(FUZZERS); do \

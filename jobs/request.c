@@ -26,6 +26,9 @@
 
 #include "jobs/jobkey.h"
 #include "jobs/models.h"
+#include "jobs/promptfile.h"
+#include "queue/queue.h"
+#include "jobs/models.h"
 #include "jobs/request.h"
 #include "queue/nberr.h"
 
@@ -303,4 +306,27 @@ fail:
     json_decref(root);
     json_decref(parts);
     return rc;
+}
+
+int
+request_build_job(const struct queue_job *job, const char *model,
+                  char **body, size_t *len, char *err, size_t errlen)
+{
+    const char *paths[PROMPTFILE_MAX_IMAGES], *shas[PROMPTFILE_MAX_IMAGES];
+    const struct model_info *m = models_find(model);
+    struct request_spec spec = {
+        .prompt = job->prompt, .model = model,
+        .aspect = job->aspect, .size = job->size,
+        .n_refs = job->n_refs < PROMPTFILE_MAX_IMAGES ? job->n_refs
+                                                      : PROMPTFILE_MAX_IMAGES,
+        .ref_paths = paths, .ref_sha256 = shas,
+    };
+
+    if (m != NULL && !m->send_size)
+        spec.size = NULL;
+    for (size_t i = 0; i < spec.n_refs; i++) {
+        paths[i] = job->refs[i].path;
+        shas[i] = job->refs[i].sha256_hex;
+    }
+    return request_build(&spec, body, len, err, errlen);
 }

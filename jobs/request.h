@@ -29,4 +29,14 @@ struct request_spec {
 int request_build(const struct request_spec *s, char **body, size_t *len,
                   char *err, size_t errlen);
 
+struct queue_job;
+
+/*
+ * request_build() for a queued job sent to model (the job's own, or a
+ * fallback): its prompt, settings (imageSize left out for a model that
+ * takes none) and reference images, each checked against its digest.
+ */
+int request_build_job(const struct queue_job *job, const char *model,
+                      char **body, size_t *len, char *err, size_t errlen);
+
 #endif

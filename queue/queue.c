@@ -194,6 +194,36 @@ static const char *const migrations[] = {
     "  name TEXT PRIMARY KEY,"
     "  value TEXT NOT NULL,"
     "  updated_ms INTEGER NOT NULL) WITHOUT ROWID;",
+    /*
+     * 4: Batch mode.  A chunk of jobs handed to Google's Batch API, with
+     * the phase it reached here and the remote names that are its
+     * checkpoint.  Its jobs stay running, leased to "remote:<id>" with a
+     * lease that never expires; jobs.remote_id remembers the last chunk.
+     */
+    "CREATE TABLE remote_batches ("
+    "  id INTEGER PRIMARY KEY,"
+    "  batch_id INTEGER NOT NULL REFERENCES batches(id),"
+    "  display_name TEXT NOT NULL UNIQUE,"
+    "  model TEXT NOT NULL,"
+    "  phase TEXT NOT NULL,"
+    "  remote_name TEXT,"
+    "  remote_state TEXT,"
+    "  input_file TEXT,"
+    "  uploaded_ms INTEGER NOT NULL DEFAULT 0,"
+    "  result_file TEXT,"
+    "  n_jobs INTEGER NOT NULL,"
+    "  created_ms INTEGER NOT NULL,"
+    "  submitted_ms INTEGER NOT NULL DEFAULT 0,"
+    "  updated_ms INTEGER NOT NULL,"
+    "  ended_ms INTEGER NOT NULL DEFAULT 0,"
+    "  polls INTEGER NOT NULL DEFAULT 0,"
+    "  last_error TEXT,"
+    "  follower TEXT,"
+    "  follow_expires_ms INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX remote_live ON remote_batches (phase);"
+    "ALTER TABLE jobs ADD COLUMN remote_id INTEGER;"
+    "CREATE INDEX jobs_remote ON jobs (remote_id)"
+    "  WHERE remote_id IS NOT NULL;",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -1806,7 +1836,9 @@ queue_reclaim(struct queue *q, int64_t now_ms,
         goto done;
     }
     for (size_t i = 0; i < n; i++)
-        dead[i] = !owner_alive(owners[i], arg);
+        dead[i] = strncmp(owners[i], QUEUE_REMOTE_OWNER,
+                          strlen(QUEUE_REMOTE_OWNER)) != 0 &&
+            !owner_alive(owners[i], arg);
     if ((rc = tx_begin(q)) != 0)
         goto done;
     rc = run_i(q, S_INTR_EXPIRED_ATT, now_ms,
@@ -2344,4 +2376,419 @@ queue_batch_money(struct queue *q, int64_t batch_id, double *budget_usd,
     return rc == SQLITE_DONE ? set_err(q, NB_ENOTFOUND, "no batch %lld",
                                        (long long)batch_id)
                              : db_fail(q, "reading a budget");
+}
+
+/* ---- Batch mode: remote chunks ----------------------------------------- */
+
+/* The phases of a chunk that has not ended, as an SQL list. */
+#define REMOTE_LIVE_PHASES \
+    "('" QUEUE_REMOTE_NEW "', '" QUEUE_REMOTE_UPLOADED "', '" \
+    QUEUE_REMOTE_CREATING "', '" QUEUE_REMOTE_SUBMITTED "', '" \
+    QUEUE_REMOTE_COLLECTING "')"
+
+void
+queue_remote_owner(int64_t remote_id, char *buf, size_t len)
+{
+    snprintf(buf, len, QUEUE_REMOTE_OWNER "%lld", (long long)remote_id);
+}
+
+/* Prepares sql (not cached: chunks are few); NULL with the error set. */
+static sqlite3_stmt *
+prepare(struct queue *q, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(q->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        db_fail(q, "preparing a statement");
+        sqlite3_finalize(st);
+        return NULL;
+    }
+    return st;
+}
+
+/* Steps a one-off statement to its end and finalizes it. */
+static int
+run_once(struct queue *q, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+
+    rc = rc == SQLITE_DONE ? 0 : db_fail(q, what);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Hands job to the chunk, inside the open transaction. */
+static int
+remote_take_job(struct queue *q, int64_t job_id, const char *owner,
+                int64_t remote_id, const char *remote_owner,
+                const char *display_name, int64_t now_ms)
+{
+    sqlite3_stmt *st = prepare(q,
+        "UPDATE jobs SET lease_owner = ?3, lease_expires_ms = ?4,"
+        " remote_id = ?5, updated_ms = ?6,"
+        " checkpoint = json_object('phase', 'remote', 'chunk', ?5,"
+        " 'display_name', ?7, 'at', ?6)"
+        " WHERE id = ?1 AND state = 1 AND lease_owner = ?2"
+        " AND via = 'batch'");
+    int rc;
+
+    if (st == NULL)
+        return NB_EDB;
+    sqlite3_bind_int64(st, 1, job_id);
+    sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, remote_owner, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, INT64_MAX);
+    sqlite3_bind_int64(st, 5, remote_id);
+    sqlite3_bind_int64(st, 6, now_ms);
+    sqlite3_bind_text(st, 7, display_name, -1, SQLITE_STATIC);
+    if ((rc = run_once(q, st, "handing a job to a chunk")) != 0)
+        return rc;
+    if (sqlite3_changes(q->db) == 0)
+        return lease_lost(q, job_id, owner);
+    return 0;
+}
+
+int
+queue_remote_create(struct queue *q, const char *owner, int64_t batch_id,
+                    const char *model, const char *display_name,
+                    const int64_t *job_ids, size_t n, int64_t now_ms,
+                    int64_t *remote_id)
+{
+    char remote_owner[64];
+    sqlite3_stmt *st;
+    int64_t id;
+    int rc;
+
+    if (n == 0 || owner == NULL || model == NULL || display_name == NULL)
+        return set_err(q, NB_EINVAL, "an empty chunk");
+    if ((rc = tx_begin(q)) != 0)
+        return rc;
+    st = prepare(q, "INSERT INTO remote_batches (batch_id, display_name,"
+                 " model, phase, n_jobs, created_ms, updated_ms)"
+                 " VALUES (?1, ?2, ?3, '" QUEUE_REMOTE_NEW "', ?4, ?5, ?5)");
+    if (st == NULL)
+        return tx_end(q, NB_EDB);
+    sqlite3_bind_int64(st, 1, batch_id);
+    sqlite3_bind_text(st, 2, display_name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, model, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (int64_t)n);
+    sqlite3_bind_int64(st, 5, now_ms);
+    rc = sqlite3_step(st);
+    if ((rc & 0xff) == SQLITE_CONSTRAINT) {
+        sqlite3_finalize(st);
+        return tx_end(q, set_err(q, NB_EEXIST, "a chunk named %s exists",
+                                 display_name));
+    }
+    if ((rc = rc == SQLITE_DONE ? 0 : db_fail(q, "recording a chunk")) != 0) {
+        sqlite3_finalize(st);
+        return tx_end(q, rc);
+    }
+    sqlite3_finalize(st);
+    id = sqlite3_last_insert_rowid(q->db);
+    queue_remote_owner(id, remote_owner, sizeof(remote_owner));
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = remote_take_job(q, job_ids[i], owner, id, remote_owner,
+                             display_name, now_ms);
+    if ((rc = tx_end(q, rc)) == 0)
+        *remote_id = id;
+    return rc;
+}
+
+/* Binds text when not NULL ("" binds NULL), else leaves ?i unbound. */
+static void
+bind_opt_text(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s != NULL && *s != '\0')
+        sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+}
+
+int
+queue_remote_update(struct queue *q, int64_t id,
+                    const struct queue_remote_update *u, int64_t now_ms)
+{
+    /* ?n IS NULL keeps a column; ?12 = 1 says last_error is to be set
+     * (to ?11, which may be NULL to clear it). */
+    sqlite3_stmt *st = prepare(q,
+        "UPDATE remote_batches SET"
+        " phase = ifnull(?2, phase),"
+        " remote_name = ifnull(?3, remote_name),"
+        " remote_state = ifnull(?4, remote_state),"
+        " input_file = ifnull(?5, input_file),"
+        " uploaded_ms = ifnull(?6, uploaded_ms),"
+        " result_file = ifnull(?7, result_file),"
+        " submitted_ms = ifnull(?8, submitted_ms),"
+        " ended_ms = ifnull(?9, ended_ms),"
+        " polls = polls + ?10,"
+        " last_error = CASE WHEN ?12 THEN ?11 ELSE last_error END,"
+        " updated_ms = ?13"
+        " WHERE id = ?1");
+    int rc;
+
+    if (st == NULL)
+        return NB_EDB;
+    sqlite3_bind_int64(st, 1, id);
+    bind_opt_text(st, 2, u->phase);
+    bind_opt_text(st, 3, u->remote_name);
+    bind_opt_text(st, 4, u->remote_state);
+    bind_opt_text(st, 5, u->input_file);
+    if (u->uploaded_ms >= 0)
+        sqlite3_bind_int64(st, 6, u->uploaded_ms);
+    bind_opt_text(st, 7, u->result_file);
+    if (u->submitted_ms >= 0)
+        sqlite3_bind_int64(st, 8, u->submitted_ms);
+    if (u->ended_ms >= 0)
+        sqlite3_bind_int64(st, 9, u->ended_ms);
+    sqlite3_bind_int(st, 10, u->add_poll != 0);
+    bind_opt_text(st, 11, u->last_error);
+    sqlite3_bind_int(st, 12, u->last_error != NULL);
+    sqlite3_bind_int64(st, 13, now_ms);
+    if ((rc = run_once(q, st, "recording a chunk's progress")) != 0)
+        return rc;
+    if (sqlite3_changes(q->db) == 0)
+        return set_err(q, NB_ENOTFOUND, "no chunk %lld", (long long)id);
+    return 0;
+}
+
+static const char *
+col_text(sqlite3_stmt *st, int i)
+{
+    return (const char *)sqlite3_column_text(st, i);
+}
+
+/* The job counts of chunk r->id by state into r->counts. */
+static int
+remote_counts(struct queue *q, struct queue_remote *r)
+{
+    sqlite3_stmt *st = prepare(q, "SELECT state, count(*) FROM jobs"
+                               " WHERE remote_id = ?1 GROUP BY state");
+    int rc, state;
+
+    if (st == NULL)
+        return NB_EDB;
+    sqlite3_bind_int64(st, 1, r->id);
+    memset(r->counts, 0, sizeof(r->counts));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        state = sqlite3_column_int(st, 0);
+        if (state >= 0 && state < QUEUE_NSTATES)
+            r->counts[state] = sqlite3_column_int64(st, 1);
+    }
+    rc = rc == SQLITE_DONE ? 0 : db_fail(q, "counting a chunk's jobs");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int
+queue_remote_list(struct queue *q, const char *batch, int live,
+                  int (*cb)(const struct queue_remote *r, void *arg),
+                  void *arg)
+{
+    char sql[1024];
+    sqlite3_stmt *st;
+    struct queue_remote r;
+    int64_t bid = 0;
+    int rc, own_tx;
+
+    if (batch != NULL && (rc = batch_id(q, batch, &bid)) != 0)
+        return rc;
+    snprintf(sql, sizeof(sql),
+             "SELECT r.id, r.batch_id, b.name, r.display_name, r.model,"
+             " r.phase, r.remote_name, r.remote_state, r.input_file,"
+             " r.uploaded_ms, r.result_file, r.n_jobs, r.created_ms,"
+             " r.submitted_ms, r.updated_ms, r.ended_ms, r.polls,"
+             " r.last_error FROM remote_batches r"
+             " JOIN batches b ON b.id = r.batch_id WHERE 1%s%s ORDER BY r.id",
+             batch != NULL ? " AND r.batch_id = ?1" : "",
+             live ? " AND r.phase IN " REMOTE_LIVE_PHASES : "");
+    own_tx = sqlite3_get_autocommit(q->db);
+    if (own_tx && sqlite3_exec(q->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        return db_fail(q, "starting a read");
+    if ((st = prepare(q, sql)) == NULL) {
+        rc = NB_EDB;
+        goto out;
+    }
+    if (batch != NULL)
+        sqlite3_bind_int64(st, 1, bid);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        memset(&r, 0, sizeof(r));
+        r.id = sqlite3_column_int64(st, 0);
+        r.batch_id = sqlite3_column_int64(st, 1);
+        r.batch = col_text(st, 2);
+        r.display_name = col_text(st, 3);
+        r.model = col_text(st, 4);
+        r.phase = col_text(st, 5);
+        r.remote_name = col_text(st, 6);
+        r.remote_state = col_text(st, 7);
+        r.input_file = col_text(st, 8);
+        r.uploaded_ms = sqlite3_column_int64(st, 9);
+        r.result_file = col_text(st, 10);
+        r.n_jobs = sqlite3_column_int64(st, 11);
+        r.created_ms = sqlite3_column_int64(st, 12);
+        r.submitted_ms = sqlite3_column_int64(st, 13);
+        r.updated_ms = sqlite3_column_int64(st, 14);
+        r.ended_ms = sqlite3_column_int64(st, 15);
+        r.polls = sqlite3_column_int64(st, 16);
+        r.last_error = col_text(st, 17);
+        if ((rc = remote_counts(q, &r)) != 0)
+            break;
+        if (cb(&r, arg) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    if (rc == SQLITE_DONE)
+        rc = 0;
+    else if (rc == SQLITE_ROW || rc > 0)
+        rc = db_fail(q, "listing chunks");
+    sqlite3_finalize(st);
+out:
+    if (own_tx)
+        tx_end(q, 0);
+    return rc;
+}
+
+int
+queue_remote_jobs(struct queue *q, int64_t id,
+                  int (*cb)(const struct queue_job *job, void *arg),
+                  void *arg)
+{
+    char owner[64];
+    sqlite3_stmt *st = prepare(q, "SELECT " JOB_COLS " FROM jobs"
+                               " WHERE remote_id = ?1 AND state = 1"
+                               " AND lease_owner = ?2 ORDER BY id");
+    int rc;
+
+    if (st == NULL)
+        return NB_EDB;
+    queue_remote_owner(id, owner, sizeof(owner));
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+    rc = each_job(q, st, cb, arg);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Whether chunk id is in a live phase (*live 0 when it ended or is
+ * unknown). */
+static int
+remote_phase(struct queue *q, int64_t id, int *live)
+{
+    sqlite3_stmt *st = prepare(q, "SELECT phase IN " REMOTE_LIVE_PHASES
+                               " FROM remote_batches WHERE id = ?1");
+    int rc;
+
+    if (st == NULL)
+        return NB_EDB;
+    sqlite3_bind_int64(st, 1, id);
+    rc = sqlite3_step(st);
+    *live = rc == SQLITE_ROW && sqlite3_column_int(st, 0) != 0;
+    rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0
+                                               : db_fail(q, "reading a chunk");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int
+queue_remote_end(struct queue *q, int64_t id, const char *phase,
+                 const char *message, int64_t now_ms, int64_t *n)
+{
+    struct queue_remote_update u = {
+        .phase = phase, .uploaded_ms = -1, .submitted_ms = -1,
+        .ended_ms = now_ms,
+    };
+    char owner[64];
+    sqlite3_stmt *st;
+    int64_t moved = 0;
+    int rc, live = 0;
+
+    queue_remote_owner(id, owner, sizeof(owner));
+    if ((rc = tx_begin(q)) != 0)
+        return rc;
+    st = prepare(q, "INSERT INTO attempts (job_id, started_ms, outcome,"
+                 " message) SELECT id, ?1, 'released', ?3 FROM jobs"
+                 " WHERE state = 1 AND lease_owner = ?2");
+    if (st == NULL)
+        return tx_end(q, NB_EDB);
+    sqlite3_bind_int64(st, 1, now_ms);
+    sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, message, -1, SQLITE_STATIC);
+    if ((rc = run_once(q, st, "recording released jobs")) == 0)
+        rc = run_ib(q, S_RELEASE, now_ms, owner, "releasing jobs");
+    if (rc == 0) {
+        moved = sqlite3_changes(q->db);
+        /* A chunk ended already (cancelled by the user meanwhile, say)
+         * keeps the phase it ended in. */
+        rc = remote_phase(q, id, &live);
+    }
+    if (rc == 0 && live)
+        rc = queue_remote_update(q, id, &u, now_ms);
+    if ((rc = tx_end(q, rc)) == 0 && n != NULL)
+        *n = moved;
+    return rc;
+}
+
+int
+queue_remote_follow(struct queue *q, int64_t id, const char *owner,
+                    int64_t now_ms, int64_t lease_ms,
+                    int (*owner_alive)(const char *owner, void *arg),
+                    void *arg)
+{
+    sqlite3_stmt *st = prepare(q, "SELECT follower, follow_expires_ms"
+                               " FROM remote_batches WHERE id = ?1");
+    char *old = NULL;
+    int64_t expires = 0;
+    int rc, bad = 0, busy;
+
+    if (st == NULL)
+        return NB_EDB;
+    sqlite3_bind_int64(st, 1, id);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        old = col_dup(st, 0, &bad);
+        expires = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW)
+        return rc == SQLITE_DONE ? set_err(q, NB_ENOTFOUND, "no chunk %lld",
+                                           (long long)id)
+                                 : db_fail(q, "reading a chunk");
+    if (bad)
+        return set_err(q, NB_ENOMEM, "out of memory");
+    busy = old != NULL && strcmp(old, owner) != 0 && expires > now_ms &&
+        (owner_alive == NULL || owner_alive(old, arg));
+    if (busy) {
+        free(old);
+        return set_err(q, NB_ELEASE, "chunk %lld is followed by another "
+                       "run", (long long)id);
+    }
+    /* Compare and set: another run may have taken it meanwhile. */
+    st = prepare(q, "UPDATE remote_batches SET follower = ?2,"
+                 " follow_expires_ms = ?3 WHERE id = ?1"
+                 " AND ifnull(follower, '') = ifnull(?4, '')");
+    if (st == NULL) {
+        free(old);
+        return NB_EDB;
+    }
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now_ms + lease_ms);
+    sqlite3_bind_text(st, 4, old, -1, SQLITE_STATIC);
+    rc = run_once(q, st, "following a chunk");
+    free(old);
+    if (rc == 0 && sqlite3_changes(q->db) == 0)
+        rc = set_err(q, NB_ELEASE, "chunk %lld was taken by another run",
+                     (long long)id);
+    return rc;
+}
+
+int
+queue_remote_unfollow(struct queue *q, const char *owner)
+{
+    sqlite3_stmt *st = prepare(q, "UPDATE remote_batches SET follower ="
+                               " NULL, follow_expires_ms = 0"
+                               " WHERE follower = ?1");
+
+    if (st == NULL)
+        return NB_EDB;
+    sqlite3_bind_text(st, 1, owner, -1, SQLITE_STATIC);
+    return run_once(q, st, "letting go of chunks");
 }

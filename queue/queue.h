@@ -362,4 +362,121 @@ int queue_set_budget(struct queue *q, const char *batch, double usd);
 int queue_batch_money(struct queue *q, int64_t batch_id, double *budget_usd,
                       double *spent_usd);
 
+/* ---- Batch mode: chunks of jobs handed to the Batch API ----------------- */
+
+/*
+ * A remote chunk's jobs are running, leased to QUEUE_REMOTE_OWNER "<id>"
+ * with a lease that never expires: queue_reclaim() leaves them alone, and
+ * only the code that follows the chunk (with that owner) finishes them.
+ */
+#define QUEUE_REMOTE_OWNER "remote:"
+
+/* The phases of a chunk, in the order it passes them. */
+#define QUEUE_REMOTE_NEW        "new"        /* recorded, nothing sent */
+#define QUEUE_REMOTE_UPLOADED   "uploaded"   /* input_file is set */
+#define QUEUE_REMOTE_CREATING   "creating"   /* a create may have been
+                                                sent: look it up by
+                                                display name first */
+#define QUEUE_REMOTE_SUBMITTED  "submitted"  /* remote_name is set */
+#define QUEUE_REMOTE_COLLECTING "collecting" /* succeeded: results due */
+/* Ended phases. */
+#define QUEUE_REMOTE_DONE       "done"       /* results written */
+#define QUEUE_REMOTE_RESUBMIT   "resubmitted"/* expired, failed or
+                                                cancelled remotely: its
+                                                jobs went back to queued */
+#define QUEUE_REMOTE_CANCELLED  "cancelled"  /* by the user */
+#define QUEUE_REMOTE_DISSOLVED  "dissolved"  /* never created: jobs went
+                                                back to queued */
+
+/* One chunk; strings borrowed for a callback's duration. */
+struct queue_remote {
+    int64_t id;
+    int64_t batch_id;
+    const char *batch;             /* the batch's name */
+    const char *display_name;
+    const char *model;
+    const char *phase;
+    const char *remote_name;       /* "batches/..." or NULL */
+    const char *remote_state;      /* last seen, e.g. "BATCH_STATE_RUNNING" */
+    const char *input_file;        /* "files/..." or NULL */
+    int64_t uploaded_ms;
+    const char *result_file;       /* "files/batch-..." or NULL */
+    int64_t n_jobs;
+    int64_t created_ms;
+    int64_t submitted_ms;
+    int64_t updated_ms;
+    int64_t ended_ms;
+    int64_t polls;
+    const char *last_error;
+    /* Its jobs now, by state (jobs whose last chunk it is). */
+    int64_t counts[QUEUE_NSTATES];
+};
+
+/* "remote:<id>" into buf. */
+void queue_remote_owner(int64_t remote_id, char *buf, size_t len);
+
+/*
+ * In one transaction: records a new chunk (phase "new") of the n jobs
+ * job_ids, all of batch batch_id and model, running and leased by owner,
+ * and hands them to the chunk (leased to its owner for ever, checkpoint
+ * naming the chunk).  *remote_id gets its id.  NB_ELEASE (nothing done)
+ * when one job is no longer owner's; NB_EEXIST for a display name taken.
+ */
+int queue_remote_create(struct queue *q, const char *owner, int64_t batch_id,
+                        const char *model, const char *display_name,
+                        const int64_t *job_ids, size_t n, int64_t now_ms,
+                        int64_t *remote_id);
+
+/* What a step learned; NULL strings and negative numbers change nothing. */
+struct queue_remote_update {
+    const char *phase;
+    const char *remote_name;
+    const char *remote_state;
+    const char *input_file;
+    int64_t uploaded_ms;           /* -1: unchanged */
+    const char *result_file;
+    int64_t submitted_ms;          /* -1: unchanged */
+    int64_t ended_ms;              /* -1: unchanged */
+    int add_poll;                  /* 1: count one poll */
+    const char *last_error;        /* "" clears it */
+};
+/* Stores u on chunk id, stamped now_ms.  NB_ENOTFOUND for no such chunk. */
+int queue_remote_update(struct queue *q, int64_t id,
+                        const struct queue_remote_update *u, int64_t now_ms);
+
+/*
+ * Calls cb for each chunk, oldest first: only those of batch (NULL: any),
+ * only those not in an ended phase when live is 1.  cb returning non-zero
+ * stops.  NB_ENOTFOUND when batch names no batch.
+ */
+int queue_remote_list(struct queue *q, const char *batch, int live,
+                      int (*cb)(const struct queue_remote *r, void *arg),
+                      void *arg);
+
+/* Calls cb for each job the chunk still holds (running, its owner), by id. */
+int queue_remote_jobs(struct queue *q, int64_t id,
+                      int (*cb)(const struct queue_job *job, void *arg),
+                      void *arg);
+
+/*
+ * Ends chunk id in phase (an ended one), in one transaction: every job it
+ * still holds goes back to queued with an attempt "released" carrying
+ * message (nothing counted); *n (may be NULL) gets how many.
+ */
+int queue_remote_end(struct queue *q, int64_t id, const char *phase,
+                     const char *message, int64_t now_ms, int64_t *n);
+
+/*
+ * Makes owner the one run that follows chunk id (polls it, writes its
+ * results) until now_ms + lease_ms; called again to renew.  NB_ELEASE
+ * when another run follows it, its lease not expired and owner_alive()
+ * (may be NULL) saying that run lives.
+ */
+int queue_remote_follow(struct queue *q, int64_t id, const char *owner,
+                        int64_t now_ms, int64_t lease_ms,
+                        int (*owner_alive)(const char *owner, void *arg),
+                        void *arg);
+/* Lets go of every chunk owner follows. */
+int queue_remote_unfollow(struct queue *q, const char *owner);
+
 #endif

@@ -5,6 +5,7 @@
 #ifndef NB_CLI_H
 #define NB_CLI_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct queue;
@@ -22,6 +23,11 @@ enum {
     EXIT_CONFIG = 78,       /* fatal configuration error (key, model...) */
     EXIT_INTERRUPTED = 130  /* stopped by SIGINT */
 };
+
+/* Creates dir and its missing parents (mode 0755); 0 or -1 (errno). */
+int cli_mkdir_p(const char *dir);
+/* The folder part of path into dir ("/" for a file at the root). */
+void cli_dir_of(const char *path, char *dir, size_t len);
 
 /* Subcommand entry point: argv[0] is the subcommand's name. */
 typedef int (*cli_handler)(int argc, char **argv);
@@ -55,5 +61,6 @@ int cmd_budget(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_doctor(int argc, char **argv);
 int cmd_schedule(int argc, char **argv);
+int cmd_mcp(int argc, char **argv);
 
 #endif

@@ -26,8 +26,12 @@
 
 #include "queue/nberr.h"
 #include "queue/queue.h"
+#include "runner/apikey.h"
 #include "runner/cli.h"
+#include "runner/config.h"
+#include "runner/http.h"
 #include "runner/log.h"
+#include "runner/remote.h"
 
 /* ---- options ------------------------------------------------------------ */
 
@@ -507,8 +511,175 @@ put_counts(struct jb *b, const int64_t *counts, int64_t total)
     put_int(b, "total", total);
 }
 
+/* ---- remote batches (Batch mode) ---------------------------------------- */
+
+/* Ended chunks stay in `status` this long after they end. */
+#define REMOTE_SHOW_MS (24LL * 3600 * 1000)
+
+struct remote_row {
+    char *display;
+    char *batch;
+    char *model;
+    char *phase;
+    char *remote_name;
+    char *remote_state;
+    char *last_error;
+    int64_t n_jobs;
+    int64_t counts[QUEUE_NSTATES];
+    int64_t created_ms;
+    int64_t ended_ms;
+    int64_t polls;
+};
+
+struct remote_rows {
+    struct remote_row *rows;
+    size_t n;
+    int nomem;
+    int64_t now_ms;
+};
+
+static char *
+dup_or_empty(const char *s)
+{
+    return strdup(s != NULL ? s : "");
+}
+
 static int
-status_json(const struct batch_rows *br)
+collect_remote(const struct queue_remote *q, void *arg)
+{
+    struct remote_rows *rr = arg;
+    struct remote_row *grown, *r;
+
+    if (q->ended_ms > 0 && rr->now_ms - q->ended_ms > REMOTE_SHOW_MS)
+        return 0;
+    grown = realloc(rr->rows, (rr->n + 1) * sizeof(*grown));
+    if (grown == NULL) {
+        rr->nomem = 1;
+        return 1;
+    }
+    rr->rows = grown;
+    r = &rr->rows[rr->n++];
+    memset(r, 0, sizeof(*r));
+    r->display = dup_or_empty(q->display_name);
+    r->batch = dup_or_empty(q->batch);
+    r->model = dup_or_empty(q->model);
+    r->phase = dup_or_empty(q->phase);
+    r->remote_name = dup_or_empty(q->remote_name);
+    r->remote_state = dup_or_empty(q->remote_state);
+    r->last_error = dup_or_empty(q->last_error);
+    if (r->display == NULL || r->batch == NULL || r->model == NULL ||
+        r->phase == NULL || r->remote_name == NULL ||
+        r->remote_state == NULL || r->last_error == NULL)
+        rr->nomem = 1;
+    r->n_jobs = q->n_jobs;
+    memcpy(r->counts, q->counts, sizeof(r->counts));
+    r->created_ms = q->created_ms;
+    r->ended_ms = q->ended_ms;
+    r->polls = q->polls;
+    return rr->nomem;
+}
+
+static void
+free_remote_rows(struct remote_rows *rr)
+{
+    for (size_t i = 0; i < rr->n; i++) {
+        struct remote_row *r = &rr->rows[i];
+
+        free(r->display);
+        free(r->batch);
+        free(r->model);
+        free(r->phase);
+        free(r->remote_name);
+        free(r->remote_state);
+        free(r->last_error);
+    }
+    free(rr->rows);
+}
+
+/* "3h05m" of an age in ms. */
+static void
+age_text(int64_t ms, char *buf, size_t len)
+{
+    int64_t s = ms > 0 ? ms / 1000 : 0;
+
+    if (s < 3600)
+        snprintf(buf, len, "%" PRId64 "m%02" PRId64 "s", s / 60, s % 60);
+    else
+        snprintf(buf, len, "%" PRId64 "h%02" PRId64 "m", s / 3600,
+                 (s % 3600) / 60);
+}
+
+/* The remote state without its BATCH_STATE_ or JOB_STATE_ prefix. */
+static const char *
+short_state(const char *s)
+{
+    if (strncmp(s, "BATCH_STATE_", 12) == 0)
+        return s + 12;
+    if (strncmp(s, "JOB_STATE_", 10) == 0)
+        return s + 10;
+    return *s ? s : "-";
+}
+
+static void
+remote_table(const struct remote_rows *rr)
+{
+    char age[32];
+
+    if (rr->n == 0)
+        return;
+    printf("\n%-24s %-16s %-11s %-10s %6s %6s %6s %7s %8s  %s\n",
+           "REMOTE BATCH", "BATCH", "PHASE", "STATE", "JOBS", "DONE",
+           "FAILED", "WAITING", "AGE", "NAME");
+    for (size_t i = 0; i < rr->n; i++) {
+        const struct remote_row *r = &rr->rows[i];
+
+        age_text((r->ended_ms > 0 ? r->ended_ms : rr->now_ms) -
+                 r->created_ms, age, sizeof(age));
+        printf("%-24s %-16.16s %-11s %-10.10s %6" PRId64 " %6" PRId64
+               " %6" PRId64 " %7" PRId64 " %8s  %s\n", r->display, r->batch,
+               r->phase, short_state(r->remote_state), r->n_jobs,
+               r->counts[QUEUE_DONE],
+               r->counts[QUEUE_FAILED] + r->counts[QUEUE_BLOCKED],
+               r->counts[QUEUE_RUNNING], age,
+               r->remote_name[0] ? r->remote_name : "-");
+        if (r->last_error[0] != '\0' && r->ended_ms == 0)
+            printf("  last error: %s\n", r->last_error);
+    }
+}
+
+static json_t *
+remote_json(const struct remote_rows *rr)
+{
+    json_t *arr = json_array();
+
+    for (size_t i = 0; arr != NULL && i < rr->n; i++) {
+        const struct remote_row *r = &rr->rows[i];
+        struct jb b = {json_object(), 0};
+
+        put_str(&b, "display_name", r->display);
+        put_str(&b, "batch", r->batch);
+        put_str(&b, "model", r->model);
+        put_str(&b, "phase", r->phase);
+        put_str(&b, "name", r->remote_name[0] ? r->remote_name : NULL);
+        put_str(&b, "state", r->remote_state[0] ? r->remote_state : NULL);
+        put_int(&b, "jobs", r->n_jobs);
+        put_int(&b, "done", r->counts[QUEUE_DONE]);
+        put_int(&b, "failed",
+                r->counts[QUEUE_FAILED] + r->counts[QUEUE_BLOCKED]);
+        put_int(&b, "waiting", r->counts[QUEUE_RUNNING]);
+        put_int(&b, "polls", r->polls);
+        put_time(&b, "created", r->created_ms);
+        put_time(&b, "ended", r->ended_ms);
+        put_int(&b, "age_s", ((r->ended_ms > 0 ? r->ended_ms : rr->now_ms)
+                              - r->created_ms) / 1000);
+        put_str(&b, "last_error", r->last_error[0] ? r->last_error : NULL);
+        json_array_append_new(arr, jb_done(&b));
+    }
+    return arr;
+}
+
+static int
+status_json(const struct batch_rows *br, const struct remote_rows *rr)
 {
     struct jb top = {json_object(), 0}, sum = {json_object(), 0};
     int64_t counts[QUEUE_NSTATES] = {0}, total = 0;
@@ -539,6 +710,7 @@ status_json(const struct batch_rows *br)
     put(&sum, "spent_usd", json_real(spent));
     put(&top, "batches", arr);
     put(&top, "total", jb_done(&sum));
+    put(&top, "remote_batches", remote_json(rr));
     return print_json(jb_done(&top), "\n");
 }
 
@@ -602,6 +774,7 @@ int
 cmd_status(int argc, char **argv)
 {
     struct batch_rows br = {NULL, 0, 0};
+    struct remote_rows rr = {NULL, 0, 0, cli_now_ms()};
     struct queue *q = NULL;
     struct opts o;
     int rc;
@@ -611,19 +784,24 @@ cmd_status(int argc, char **argv)
     if ((rc = cli_open_queue(o.db, &q)) != EXIT_OK)
         return rc;
     rc = queue_status(q, o.nargs ? o.args[0] : NULL, collect_batch, &br);
+    if (rc == 0)
+        rc = queue_remote_list(q, o.nargs ? o.args[0] : NULL, 0,
+                               collect_remote, &rr);
     if (rc != 0) {
         rc = queue_fail(&o, q, rc);
-    } else if (br.nomem) {
+    } else if (br.nomem || rr.nomem) {
         log_error("status: out of memory");
         rc = EXIT_SOFTWARE;
     } else if (o.json) {
-        rc = status_json(&br) == 0 ? EXIT_OK : EXIT_SOFTWARE;
+        rc = status_json(&br, &rr) == 0 ? EXIT_OK : EXIT_SOFTWARE;
         if (rc != EXIT_OK)
             log_error("status: cannot write JSON");
     } else {
         status_table(&br);
+        remote_table(&rr);
     }
     free_rows(&br);
+    free_remote_rows(&rr);
     queue_close(q);
     return rc;
 }
@@ -880,6 +1058,57 @@ explain_job(const struct opts *o, struct queue *q, int64_t id,
     return EXIT_OK;
 }
 
+/*
+ * Cancels at the API the remote batches whose jobs are all cancelled now.
+ * The key and endpoint are those of `nbbatch run` (environment, then the
+ * configuration file).  Returns an exit status.
+ */
+static int
+cancel_remote(struct queue *q, const char *batch)
+{
+    struct http_config hc = {0};
+    struct http *http = NULL;
+    struct config cfg;
+    const char *source;
+    char err[512], *key = NULL;
+    int n = 0, rc;
+
+    if (remote_count_empty(q, batch, &n) != 0) {
+        log_error("cancel: %s", queue_errmsg(q));
+        return EXIT_IOERR;
+    }
+    if (n == 0)
+        return EXIT_OK;
+    config_init(&cfg);
+    if (config_load(NULL, &cfg, err, sizeof(err)) != 0)
+        log_warn("cancel: %s", err);
+    if (apikey_load(getenv("GEMINI_API_KEY") == NULL &&
+                    getenv("GOOGLE_API_KEY") == NULL && cfg.key_file[0]
+                    ? cfg.key_file : NULL, &key, &source, err,
+                    sizeof(err)) != 0) {
+        log_warn("cancel: %s", err);
+    } else if (http_global_init() == 0) {
+        hc.base_url = apikey_base_url();
+        if (hc.base_url == NULL && cfg.endpoints[0].base_url[0] != '\0')
+            hc.base_url = cfg.endpoints[0].base_url;
+        hc.api_key = key;
+        if ((http = http_new(&hc, err, sizeof(err))) == NULL)
+            log_warn("cancel: %s", err);
+    }
+    rc = remote_cancel_empty(q, http, batch, &n, err, sizeof(err));
+    http_free(http);
+    apikey_free(key);
+    if (n > 0)
+        printf("cancelled %d remote batch%s at the Batch API\n", n,
+               n == 1 ? "" : "es");
+    if (rc != 0) {
+        log_error("cancel: %s; the local jobs are cancelled, run `nbbatch "
+                  "cancel` again to cancel the remote batch", err);
+        return EXIT_TEMPFAIL;
+    }
+    return EXIT_OK;
+}
+
 int
 cmd_cancel(int argc, char **argv)
 {
@@ -908,6 +1137,8 @@ cmd_cancel(int argc, char **argv)
     else
         printf("cancelled %" PRId64 " job%s of batch %s\n", n,
                n == 1 ? "" : "s", o.batch);
+    if (rc == EXIT_OK)
+        rc = cancel_remote(q, o.batch);
     queue_close(q);
     return rc;
 }

@@ -561,3 +561,45 @@ gate_budget(const struct gate *g)
 {
     return (double)g->budget.cap_micro / 1e6;
 }
+
+int
+gate_reserve_remote(struct gate *g, const struct queue_job *job,
+                    double *estimate_usd)
+{
+    double est = sched_price(g->cfg, job->model, job->size, 1);
+
+    if (est < 0)
+        est = 0;
+    if (batch_reserve(g, job->batch_id, est) != 0) {
+        g->budget_reached = 2;
+        return NB_ELIMIT;
+    }
+    if (sched_budget_reserve(&g->budget, est) != 0) {
+        batch_settle(g, job->batch_id, est, 0);
+        g->budget_reached = 1;
+        return NB_ELIMIT;
+    }
+    *estimate_usd = est;
+    return 0;
+}
+
+double
+gate_settle_remote(struct gate *g, int64_t batch_id, const char *model,
+                   const char *size, double estimate_usd,
+                   const struct answer_result *r)
+{
+    double cost = sched_cost(g->cfg, model, r->prompt_tokens,
+                             r->output_tokens + r->thought_tokens, 1);
+
+    /* An error line is not billed; an answer without usage is billed at
+     * the estimate. */
+    if (r->http_status != 200)
+        cost = 0;
+    else if (cost < 0 || r->output_tokens + r->thought_tokens == 0)
+        cost = sched_price(g->cfg, model, size, 1);
+    if (cost < 0)
+        cost = 0;
+    sched_budget_settle(&g->budget, estimate_usd, cost);
+    batch_settle(g, batch_id, estimate_usd, cost);
+    return cost;
+}

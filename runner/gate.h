@@ -84,6 +84,23 @@ double gate_outcome(struct gate *g, const struct gate_ticket *t,
 /* An admitted request that ended without an answer (aborted by us). */
 void gate_abandon(struct gate *g, const struct gate_ticket *t);
 
+/*
+ * Batch mode: reserves the Batch API price of job (half the standard one)
+ * from the run's budget and its batch's, into *estimate_usd.  NB_ELIMIT
+ * when a budget would be passed (nothing reserved).  No quota, breaker or
+ * concurrency limit applies: Google runs the batch.
+ */
+int gate_reserve_remote(struct gate *g, const struct queue_job *job,
+                        double *estimate_usd);
+/*
+ * Batch mode: the cost of one result line (at the Batch API price),
+ * settled against a reservation of estimate_usd (0 when this run did not
+ * make it: the chunk was sent by an earlier run).  Returns the cost.
+ */
+double gate_settle_remote(struct gate *g, int64_t batch_id, const char *model,
+                          const char *size, double estimate_usd,
+                          const struct answer_result *r);
+
 /* Whether a request was refused by a budget: 0 no, 1 the run's
  * (--budget), 2 its batch's (`nbbatch add --budget`); and what this run
  * spent. */

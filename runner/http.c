@@ -406,6 +406,10 @@ setup_easy(struct http *h, struct http_xfer *x, struct http_request *req)
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    /* libcurl sends a request again by itself when a reused connection
+     * turns out dead, even after the server may have read it: a request
+     * that must not happen twice takes a connection of its own. */
+    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, req->once ? 1L : 0L);
     if (strcmp(req->method, "POST") == 0) {
         curl_easy_setopt(e, CURLOPT_POST, 1L);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->body ? x->body : "");

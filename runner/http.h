@@ -59,6 +59,9 @@ struct http_request {
     const char *const *headers; /* extra "Name: value" lines, NULL-ended;
                                    copied */
     int64_t timeout_ms;         /* whole transfer; 0: none */
+    int once;                   /* 1: never sent twice by the transport
+                                   (a new connection, so libcurl does not
+                                   resend it on a dead reused one) */
     http_body_cb on_body;       /* NULL: the body is discarded */
     void *user;                 /* passed to on_body and to done */
 };

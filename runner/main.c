@@ -43,7 +43,7 @@ static const struct command commands[] = {
     {"show", cmd_show, "show [--json] [--db PATH] JOB",
      "one job's settings, output and every attempt"},
     {"cancel", cmd_cancel, "cancel [--db PATH] JOB|--batch B",
-     "cancel a job or a batch's unfinished jobs"},
+     "cancel a job or a batch's unfinished jobs (and remote batches)"},
     {"retry", cmd_retry, "retry [--db PATH] [JOB|--batch B|--all]",
      "put failed and blocked jobs back in the queue"},
     {"pause", cmd_pause, "pause [--db PATH] BATCH",
@@ -56,6 +56,7 @@ static const struct command commands[] = {
      "run [--batch B] [--workers N] [--max-jobs N] [--until TIME]\n"
      "        [--timeout SEC] [--grace SEC] [--window W] [--tz TZ] [--wait]\n"
      "        [--budget USD] [--rpm N] [--rpd N] [--key-file F]\n"
+     "        [--batch-poll SEC] [--batch-chunk N] [--detach]\n"
      "        [--config F] [--log-level L] [--json]\n"
      "        [--db PATH]",
      "generate the queued images"},
@@ -67,6 +68,10 @@ static const struct command commands[] = {
      "schedule [--window W] [--tz TZ] [--config F] [--db PATH] [--batch B]\n"
      "        [--name N] [--cron | --systemd] [--install]",
      "show the off-peak windows; print or install a cron line or timer"},
+    {"mcp", cmd_mcp,
+     "mcp [--db PATH] [--workers N] [--key-file F] [--config F]\n"
+     "        [--log-level L]",
+     "serve the Model Context Protocol on stdin/stdout (for agents)"},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -160,4 +165,42 @@ main(int argc, char **argv)
     }
     log_error("unknown command '%s' (see `nbbatch help`)", name);
     return EXIT_USAGE;
+}
+
+int
+cli_mkdir_p(const char *dir)
+{
+    char path[4096];
+    size_t len = strlen(dir);
+
+    if (len == 0 || len >= sizeof(path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(path, dir, len + 1);
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(path, 0755) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    if (mkdir(path, 0755) != 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+void
+cli_dir_of(const char *path, char *dir, size_t len)
+{
+    const char *slash = strrchr(path, '/');
+    size_t n = slash != NULL ? (size_t)(slash - path) : 0;
+
+    if (n >= len)
+        n = len - 1;
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+    if (n == 0)
+        snprintf(dir, len, "/");
 }

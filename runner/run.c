@@ -46,6 +46,7 @@
 #include "runner/log.h"
 #include "runner/owner.h"
 #include "runner/progress.h"
+#include "runner/remote.h"
 #include "runner/tzone.h"
 #include "runner/window.h"
 
@@ -79,6 +80,10 @@ struct run_opts {
                                    and daily quotas */
     int decoders;
     double budget_usd;          /* --budget; 0: none */
+    int64_t batch_poll_ms;      /* --batch-poll: Batch mode polls */
+    int batch_chunk;            /* --batch-chunk: jobs per remote batch */
+    int detach;                 /* --detach: leave submitted remote
+                                   batches to a later run */
     int rpm;                    /* --rpm / --rpd for every model */
     int rpd;
 };
@@ -90,15 +95,18 @@ struct endpoint {
     char *key;                  /* owned, wiped; NULL: the main key */
 };
 
-/* One job in flight. */
+/* One job in flight, or one result of a remote batch. */
 struct slot {
-    struct decode_task task;    /* first: decode_task.user points here */
+    int tag;                    /* REMOTE_XFER_SLOT: first */
+    struct decode_task task;    /* decode_task.user points here */
     struct queue_job *job;
     struct answer *answer;
     struct http_xfer *xfer;
     struct gate_ticket ticket;
     int64_t started_ms;
     int64_t started_mono;
+    int remote;                 /* a result line of a remote batch */
+    double estimate;            /* remote: the price this run reserved */
     struct slot *prev, *next;   /* the run's list of live slots */
 };
 
@@ -129,6 +137,8 @@ struct run {
     unsigned long long rng;
     struct config cfg;
     struct gate *gate;
+    struct remote *remote;      /* Batch mode */
+    int64_t next_remote_mono;
     struct endpoint endpoints[CONFIG_MAX_ENDPOINTS];
     int n_endpoints;
     /* The gate's verdict of this turn: models nothing may go to. */
@@ -194,43 +204,6 @@ backoff_ms(struct run *r, int n)
     return (int64_t)(rng_next(r) % (uint64_t)(ceiling + 1));
 }
 
-static int
-mkdir_p(const char *dir)
-{
-    char path[4096];
-    size_t len = strlen(dir);
-
-    if (len == 0 || len >= sizeof(path))
-        return -1;
-    memcpy(path, dir, len + 1);
-    for (char *p = path + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(path, 0755) != 0 && errno != EEXIST)
-            return -1;
-        *p = '/';
-    }
-    if (mkdir(path, 0755) != 0 && errno != EEXIST)
-        return -1;
-    return 0;
-}
-
-/* The folder part of path into dir. */
-static void
-dir_of(const char *path, char *dir, size_t len)
-{
-    const char *slash = strrchr(path, '/');
-    size_t n = slash != NULL ? (size_t)(slash - path) : 0;
-
-    if (n >= len)
-        n = len - 1;
-    memcpy(dir, path, n);
-    dir[n] = '\0';
-    if (n == 0)
-        snprintf(dir, len, "/");
-}
-
 static void
 slot_link(struct run *r, struct slot *s)
 {
@@ -257,11 +230,13 @@ slot_free(struct run *r, struct slot *s)
     free(s);
 }
 
-/* Records a and reports lease loss (a cancel or a reclaim won). */
+/* Records a and reports lease loss (a cancel or a reclaim won).  The
+ * owner is the job's: this run, or the remote batch that holds it. */
 static void
 finish(struct run *r, struct queue_job *job, struct queue_attempt *a)
 {
-    int rc = queue_finish(r->q, job->id, r->owner, a);
+    int rc = queue_finish(r->q, job->id, job->lease_owner != NULL
+                          ? job->lease_owner : r->owner, a);
 
     if (rc == NB_ELEASE)
         log_warn("job %lld: no longer ours (cancelled or reclaimed); "
@@ -350,33 +325,21 @@ timeout_for(const struct run *r, const struct queue_job *job)
 static void
 dispatch(struct run *r, struct queue_job *job, const struct gate_ticket *t)
 {
-    const char *paths[PROMPTFILE_MAX_IMAGES], *shas[PROMPTFILE_MAX_IMAGES];
-    struct request_spec spec = {
-        .prompt = job->prompt, .model = t->model,
-        .aspect = job->aspect, .size = job->size,
-        .n_refs = job->n_refs, .ref_paths = paths, .ref_sha256 = shas,
-    };
-    const struct model_info *m = models_find(t->model);
     struct http_request req = {.method = "POST"};
     char path[256], dir[4096], err[512];
     struct slot *s;
     int rc;
 
-    if (m != NULL && !m->send_size)
-        spec.size = NULL;
-    for (size_t i = 0; i < job->n_refs && i < PROMPTFILE_MAX_IMAGES; i++) {
-        paths[i] = job->refs[i].path;
-        shas[i] = job->refs[i].sha256_hex;
-    }
-    rc = request_build(&spec, &req.body, &req.body_len, err, sizeof(err));
+    rc = request_build_job(job, t->model, &req.body, &req.body_len, err,
+                           sizeof(err));
     if (rc != 0) {
         gate_abandon(r->gate, t);
         block_job(r, job, err);
         queue_job_free(job);
         return;
     }
-    dir_of(job->out_path, dir, sizeof(dir));
-    if (mkdir_p(dir) != 0) {
+    cli_dir_of(job->out_path, dir, sizeof(dir));
+    if (cli_mkdir_p(dir) != 0) {
         snprintf(err, sizeof(err), "cannot create %s: %s", dir,
                  strerror(errno));
         free(req.body);
@@ -399,6 +362,7 @@ dispatch(struct run *r, struct queue_job *job, const struct gate_ticket *t)
         r->fatal_status = EXIT_SOFTWARE;
         return;
     }
+    s->tag = REMOTE_XFER_SLOT;
     s->job = job;
     s->ticket = *t;
     s->task.user = s;
@@ -632,7 +596,8 @@ claim_and_dispatch(struct run *r, int64_t mono)
     /* Sleep until the next job is due, but look for new work each
      * second (`nbbatch add` may run meanwhile). */
     look_again_in(r, mono, due - now);
-    if (due - now > FAR_FUTURE_MS && !r->opt.wait && r->nslots == 0)
+    if (due - now > FAR_FUTURE_MS && !r->opt.wait && r->nslots == 0 &&
+        remote_live(r->remote) == 0)
         r->idle_exit = 1;
 }
 
@@ -645,8 +610,12 @@ settle(struct run *r, struct slot *s)
     /* After a fatal stop, answers still arriving change nothing: their
      * jobs go back to the queue unless they got an image. */
     if (r->fatal_status != 0 && s->task.result.cls != ANSWER_OK) {
-        gate_abandon(r->gate, &s->ticket);
-        release_job(r, s->job, "run stopped");
+        /* A remote batch's job stays with its batch: the next run reads
+         * its result again. */
+        if (!s->remote) {
+            gate_abandon(r->gate, &s->ticket);
+            release_job(r, s->job, "run stopped");
+        }
     } else {
         record_outcome(r, s);
     }
@@ -661,6 +630,12 @@ on_transfer_done(void *user, const struct http_result *res, void *arg)
     struct slot *s = user;
     struct run *r = arg;
     struct decode_task *t = &s->task;
+
+    if (*(const int *)user == REMOTE_XFER_STEP) {
+        remote_transfer_done(r->remote, user, res);
+        r->next_remote_mono = 0;
+        return;
+    }
 
     s->xfer = NULL;
     r->n_net--;
@@ -763,8 +738,13 @@ record_outcome(struct run *r, struct slot *s)
     char event[256];
 
     fill_usage(&a, res);
-    a.cost_usd = gate_outcome(r->gate, &s->ticket, res, cli_now_ms(), event,
-                              sizeof(event));
+    event[0] = '\0';
+    if (s->remote)
+        a.cost_usd = gate_settle_remote(r->gate, job->batch_id, job->model,
+                                        job->size, s->estimate, res);
+    else
+        a.cost_usd = gate_outcome(r->gate, &s->ticket, res, cli_now_ms(),
+                                  event, sizeof(event));
     if (event[0] != '\0')
         log_warn("%s", event);
     if (res->cls == ANSWER_OK && t->write_rc != 0) {
@@ -798,6 +778,15 @@ record_outcome(struct run *r, struct slot *s)
                         res->http_status, res->message);
         break;
     case ANSWER_FATAL:
+        if (s->remote) {
+            /* One line of a remote batch: nothing for the whole run to
+             * stop for; the job goes into a later batch. */
+            struct answer_result line = *res;
+
+            line.cls = ANSWER_TRANSIENT;
+            retry_or_fail(r, s, &a, &line);
+            break;
+        }
         a.outcome = QUEUE_OUT_RELEASE;
         a.err_class = "fatal";
         finish(r, job, &a);
@@ -839,6 +828,52 @@ take_decoded(struct run *r, int all)
             r->decoded_tail = NULL;
         settle(r, t->user);
     }
+}
+
+/*
+ * A result of a remote batch (remote.c), recorded like a direct answer:
+ * an image goes to the decode workers, anything else is settled now.
+ */
+static void
+remote_result(void *arg, struct queue_job *job, struct answer *answer,
+              const struct answer_result *res, double estimate)
+{
+    struct run *r = arg;
+    struct slot *s;
+
+    if (answer != NULL && preflight(r, job)) {
+        /* Written by an earlier run that died before recording it. */
+        answer_free(answer);
+        queue_job_free(job);
+        return;
+    }
+    if ((s = calloc(1, sizeof(*s))) == NULL) {
+        answer_free(answer);
+        queue_job_free(job);    /* stays with its chunk: read again */
+        return;
+    }
+    s->tag = REMOTE_XFER_SLOT;
+    s->job = job;
+    s->answer = answer;
+    s->remote = 1;
+    s->estimate = estimate;
+    s->started_ms = cli_now_ms();
+    s->started_mono = cli_mono_ms();
+    s->task.user = s;
+    s->task.answer = answer;
+    s->task.job = job;
+    s->task.http_status = res->http_status;
+    s->task.result = *res;
+    s->task.classified = 1;
+    slot_link(r, s);
+    if (res->cls == ANSWER_OK && answer != NULL) {
+        decode_pool_submit(r->pool, &s->task);
+        return;
+    }
+    if (res->cls == ANSWER_OK)
+        s->task.result.cls = ANSWER_TRANSIENT;
+    s->task.write_rc = 0;
+    settle(r, s);
 }
 
 /* Aborts transfers still on the wire and releases their jobs. */
@@ -907,10 +942,13 @@ loop_should_end(struct run *r, int64_t mono)
     int64_t due = 0;
     struct queue_filter filter = claim_filter(r);
 
-    if (r->nslots > 0)
+    if (r->nslots > 0 || remote_inflight(r->remote) > 0)
         return 0;
     if (r->stop_dispatch || r->idle_exit)
         return 1;
+    if ((r->opt.detach ? remote_unsettled(r->remote)
+                       : remote_live(r->remote)) > 0)
+        return 0;
     if (r->run_window.n > 0 && !r->run_window_open)
         return !r->opt.wait;
     if (r->opt.until_ms > 0 && cli_now_ms() >= r->opt.until_ms)
@@ -920,7 +958,9 @@ loop_should_end(struct run *r, int64_t mono)
     if (mono < r->next_end_check_mono)
         return 0;
     r->next_end_check_mono = mono + IDLE_RECHECK_MS;
-    /* Nothing in flight and nothing queued (retries count as queued). */
+    /* Nothing in flight and nothing queued (retries count as queued),
+     * for direct requests or Batch mode. */
+    filter.via = NULL;
     if (queue_next_due(r->q, &filter, &due) != 0 || due != 0)
         return 0;
     /* Jobs of blocked models: wait for a breaker or a quota minute; for
@@ -939,6 +979,48 @@ loop_should_end(struct run *r, int64_t mono)
         return queue_next_due(r->q, &filter, &due) == 0 && due == 0;
     }
     return 1;
+}
+
+/*
+ * Batch mode's turn: new chunks from queued Batch-mode jobs (while the run
+ * may send), the next step of each chunk, result lines as far as the
+ * decode backlog has room.  A fatal answer of the Batch API stops the run
+ * like a fatal direct answer.
+ */
+static void
+remote_turn(struct run *r, int64_t mono)
+{
+    struct queue_filter filter = claim_filter(r);
+    int room = r->opt.workers - (r->nslots - r->n_net);
+    int may_pack = !r->stop_dispatch && r->fatal_status == 0 &&
+        !r->budget_stop && (r->run_window.n == 0 || r->run_window_open);
+    int64_t wait;
+    char msg[768];
+
+    if (signal_count > 0 || r->fatal_status != 0) {
+        /* Every step is taken again by the next run: stop now. */
+        remote_abort(r->remote);
+        return;
+    }
+    if (mono < r->next_remote_mono)
+        return;
+    filter.via = "batch";
+    filter.skip_models = NULL;
+    filter.n_skip_models = 0;
+    wait = remote_tick(r->remote, cli_now_ms(), may_pack, &filter,
+                       room > 0 ? room : 0);
+    r->next_remote_mono = mono + (wait > 0 ? wait : 0);
+    if (remote_fatal(r->remote, msg, sizeof(msg)) != 0 &&
+        r->fatal_status == 0) {
+        r->fatal_status = EXIT_CONFIG;
+        r->stop_dispatch = 1;
+        progress_stop(r->progress, msg);
+    }
+    if (gate_budget_reached(r->gate) != 0 && !r->budget_stop && may_pack) {
+        r->budget_stop = 1;
+        progress_stop(r->progress, "a budget is reached: no new remote "
+                      "batches");
+    }
 }
 
 static void
@@ -972,6 +1054,7 @@ main_loop(struct run *r)
             abort_inflight(r, "run stopped");
         if (!r->stop_dispatch && r->fatal_status == 0)
             claim_and_dispatch(r, mono);
+        remote_turn(r, mono);
         if (mono >= r->next_renew_mono) {
             queue_renew(r->q, r->owner, cli_now_ms() + LEASE_MS);
             r->next_renew_mono = mono + RENEW_EVERY_MS;
@@ -990,6 +1073,9 @@ main_loop(struct run *r)
              mono >= r->next_claim_mono && dispatch_room(r) > 0) ||
             r->decoded != NULL)
             wait_ms = 0;
+        if (r->next_remote_mono - mono < wait_ms)
+            wait_ms = r->next_remote_mono > mono
+                ? (int)(r->next_remote_mono - mono) : 0;
         if (http_poll(r->http, wait_ms, on_transfer_done, r) < 0) {
             log_error("transport failure");
             r->fatal_status = EXIT_SOFTWARE;
@@ -1046,9 +1132,13 @@ parse_opts(int argc, char **argv, struct run_opts *o)
         {"budget", required_argument, NULL, 'B'},
         {"rpm", required_argument, NULL, 'R'},
         {"rpd", required_argument, NULL, 'D'},
+        {"batch-poll", required_argument, NULL, 'P'},
+        {"batch-chunk", required_argument, NULL, 'C'},
+        {"detach", no_argument, NULL, 'T'},
         {NULL, 0, NULL, 0}
     };
     int64_t v;
+    double secs;
     int c;
 
     optind = 1;
@@ -1059,6 +1149,7 @@ parse_opts(int argc, char **argv, struct run_opts *o)
         case 'k': o->key_file = optarg; break;
         case 'j': o->json = 1; break;
         case 'W': o->wait = 1; break;
+        case 'T': o->detach = 1; break;
         case 'c': o->config = optarg; break;
         case 'n': o->window = optarg; break;
         case 'z': o->tz = optarg; break;
@@ -1075,6 +1166,17 @@ parse_opts(int argc, char **argv, struct run_opts *o)
             if (parse_positive(optarg, 1, 100000000, &v) != 0)
                 goto bad;
             o->rpd = (int)v;
+            break;
+        case 'P':
+            if (parse_usd(optarg, &secs) != 0 || secs < 0.05 ||
+                secs > 86400)
+                goto bad;
+            o->batch_poll_ms = (int64_t)(secs * 1000);
+            break;
+        case 'C':
+            if (parse_positive(optarg, 1, 100000, &v) != 0)
+                goto bad;
+            o->batch_chunk = (int)v;
             break;
         case 'w':
             if (parse_positive(optarg, 1, 4096, &v) != 0)
@@ -1189,6 +1291,11 @@ setup_endpoints(struct run *r)
 static int
 setup(struct run *r, char **key)
 {
+    struct remote_opts ropt = {
+        .batch = r->opt.batch,
+        .poll_ms = r->opt.batch_poll_ms,
+        .chunk_jobs = r->opt.batch_chunk,
+    };
     struct http_config cfg = {0};
     const char *source = NULL;
     char err[512];
@@ -1229,6 +1336,10 @@ setup(struct run *r, char **key)
         log_error("%s", err);
         return EXIT_CONFIG;
     }
+    r->remote = remote_new(r->q, r->http, r->gate, r->owner, &ropt,
+                           remote_result, r);
+    if (r->remote == NULL)
+        return EXIT_SOFTWARE;
     r->pool = decode_pool_new(r->opt.decoders, wake_network, r);
     r->progress = progress_new(r->opt.json, 1);
     if (r->pool == NULL || r->progress == NULL)
@@ -1249,6 +1360,13 @@ final_status(struct run *r, int64_t *left)
         return last_signal == SIGTERM ? 128 + SIGTERM : EXIT_INTERRUPTED;
     if (r->fatal_status != 0)
         return r->fatal_status;
+    if (remote_live(r->remote) > 0) {
+        log_info("%d remote batches are still with the Batch API; "
+                 "`nbbatch run` again collects their images",
+                 remote_live(r->remote));
+        return EXIT_TEMPFAIL;
+    }
+    filter.via = NULL;
     if (queue_next_due(r->q, &filter, &due) != 0 || due == 0)
         return r->failed > 0 ? EXIT_SOME_FAILED : EXIT_OK;
     if (r->budget_stop) {
@@ -1315,6 +1433,7 @@ cmd_run(int argc, char **argv)
                  "use --wait");
     progress_end(r.progress, status, r.done, r.failed, left);
 out:
+    remote_free(r.remote);
     decode_pool_free(r.pool);
     progress_free(r.progress);
     http_free(r.http);

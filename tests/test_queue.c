@@ -1404,6 +1404,181 @@ test_status_counters_multi_batch_adds(void **state)
                              " AND sql LIKE '%AFTER INSERT%'"), 0);
 }
 
+/* ---- Batch mode: remote chunks ------------------------------------------ */
+
+static const struct spec batchy = {"b1", 0, "m-a", "batch", 0, 0};
+
+struct chunk_seen {
+    int n;
+    char phase[16];
+    char remote_name[64];
+    int64_t counts[QUEUE_NSTATES];
+    int64_t polls;
+};
+
+static int
+chunk_cb(const struct queue_remote *r, void *arg)
+{
+    struct chunk_seen *cs = arg;
+
+    cs->n++;
+    snprintf(cs->phase, sizeof(cs->phase), "%s", r->phase);
+    snprintf(cs->remote_name, sizeof(cs->remote_name), "%s",
+             r->remote_name ? r->remote_name : "");
+    memcpy(cs->counts, r->counts, sizeof(cs->counts));
+    cs->polls = r->polls;
+    return 0;
+}
+
+static int
+count_job(const struct queue_job *job, void *arg)
+{
+    (void)job;
+    (*(int *)arg)++;
+    return 0;
+}
+
+static void
+test_remote_chunk_life(void **state)
+{
+    struct fx *fx = *state;
+    struct queue_filter f = {.via = "batch"};
+    struct queue_remote_update u = {
+        .uploaded_ms = -1, .submitted_ms = -1, .ended_ms = -1,
+    };
+    struct queue_attempt done = {
+        .outcome = QUEUE_OUT_DONE, .started_ms = T0, .output_path = "/x",
+        .cost_usd = 0.0195,
+    };
+    struct chunk_seen cs = {0};
+    struct queue_job *j;
+    int64_t ids[8], rid = 0, n = -1;
+    int held = 0, reclaimed = -1;
+
+    add_range(fx->q, 1, 3, &batchy);
+    assert_int_equal(claim_ids(fx->q, "run", T0, &f, 8, ids), 3);
+    assert_int_equal(queue_remote_create(fx->q, "run", 1, "m-a", "nb-1",
+                                         ids, 3, T0, &rid), 0);
+    j = get(fx->q, 2);
+    assert_string_equal(j->lease_owner, "remote:1");
+    assert_int_equal(j->state, QUEUE_RUNNING);
+    assert_non_null(strstr(j->checkpoint, "nb-1"));
+    queue_job_free(j);
+    /* Runs die; the chunk's jobs are not reclaimed. */
+    assert_int_equal(queue_reclaim(fx->q, T0 + 10 * LEASE, NULL, NULL,
+                                   &reclaimed), 0);
+    assert_int_equal(reclaimed, 0);
+    assert_int_equal(queue_remote_jobs(fx->q, rid, count_job, &held), 0);
+    assert_int_equal(held, 3);
+    /* Its phases. */
+    u.phase = QUEUE_REMOTE_SUBMITTED;
+    u.remote_name = "batches/abc";
+    u.add_poll = 1;
+    assert_int_equal(queue_remote_update(fx->q, rid, &u, T0 + 1), 0);
+    assert_int_equal(queue_remote_list(fx->q, NULL, 1, chunk_cb, &cs), 0);
+    assert_int_equal(cs.n, 1);
+    assert_string_equal(cs.phase, "submitted");
+    assert_string_equal(cs.remote_name, "batches/abc");
+    assert_int_equal(cs.counts[QUEUE_RUNNING], 3);
+    assert_int_equal(cs.polls, 1);
+    /* One result recorded under the chunk's owner. */
+    assert_int_equal(queue_finish(fx->q, 1, "remote:1", &done), 0);
+    assert_int_equal(queue_finish(fx->q, 2, "run", &done), NB_ELEASE);
+    /* The batch expired: the rest go back to queued. */
+    assert_int_equal(queue_remote_end(fx->q, rid, QUEUE_REMOTE_RESUBMIT,
+                                      "expired", T0 + 2, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(get_state(fx->q, 2), QUEUE_QUEUED);
+    assert_int_equal(get_state(fx->q, 1), QUEUE_DONE);
+    assert_string_equal(last_attempt(fx->q, 3).outcome, "released");
+    memset(&cs, 0, sizeof(cs));
+    assert_int_equal(queue_remote_list(fx->q, NULL, 1, chunk_cb, &cs), 0);
+    assert_int_equal(cs.n, 0);
+    assert_int_equal(queue_remote_list(fx->q, "b1", 0, chunk_cb, &cs), 0);
+    assert_string_equal(cs.phase, "resubmitted");
+    /* Ending it again changes nothing. */
+    assert_int_equal(queue_remote_end(fx->q, rid, QUEUE_REMOTE_CANCELLED,
+                                      "late", T0 + 3, &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(queue_remote_list(fx->q, "b1", 0, chunk_cb, &cs), 0);
+    assert_string_equal(cs.phase, "resubmitted");
+    assert_int_equal(sql_int(fx->path, "SELECT CAST(round(spent_usd *"
+                             " 10000) AS INTEGER) FROM batches"), 195);
+}
+
+static void
+test_remote_create_checks(void **state)
+{
+    struct fx *fx = *state;
+    struct queue_filter f = {.via = "batch"};
+    int64_t ids[8], rid = 0, bad[2] = {1, 2};
+
+    add_range(fx->q, 1, 2, &batchy);
+    add_job(fx->q, 3, &plain);
+    assert_int_equal(claim_ids(fx->q, "run", T0, &f, 1, ids), 1);
+    /* Job 2 is not claimed by this run: nothing is recorded. */
+    assert_int_equal(queue_remote_create(fx->q, "run", 1, "m-a", "nb-1",
+                                         bad, 2, T0, &rid), NB_ELEASE);
+    assert_int_equal(get_state(fx->q, 1), QUEUE_RUNNING);
+    assert_int_equal(sql_int(fx->path, "SELECT count(*) FROM"
+                             " remote_batches"), 0);
+    assert_int_equal(queue_remote_create(fx->q, "run", 1, "m-a", "nb-1",
+                                         ids, 1, T0, &rid), 0);
+    claim_ids(fx->q, "run", T0, &f, 1, ids);
+    assert_int_equal(queue_remote_create(fx->q, "run", 1, "m-a", "nb-1",
+                                         ids, 1, T0, &rid), NB_EEXIST);
+    /* A direct job never goes into a chunk. */
+    claim_ids(fx->q, "run", T0, NULL, 1, ids);
+    assert_int_equal(ids[0], 3);
+    assert_int_equal(queue_remote_create(fx->q, "run", 1, "m-a", "nb-2",
+                                         ids, 1, T0, &rid), NB_ELEASE);
+}
+
+static int
+never_alive(const char *owner, void *arg)
+{
+    (void)owner;
+    (void)arg;
+    return 0;
+}
+
+static int
+always_alive(const char *owner, void *arg)
+{
+    (void)owner;
+    (void)arg;
+    return 1;
+}
+
+static void
+test_remote_follow(void **state)
+{
+    struct fx *fx = *state;
+    struct queue_filter f = {.via = "batch"};
+    int64_t ids[8], rid = 0;
+
+    add_range(fx->q, 1, 1, &batchy);
+    claim_ids(fx->q, "run", T0, &f, 1, ids);
+    assert_int_equal(queue_remote_create(fx->q, "run", 1, "m-a", "nb-1",
+                                         ids, 1, T0, &rid), 0);
+    assert_int_equal(queue_remote_follow(fx->q, rid, "A", T0, 1000,
+                                         always_alive, NULL), 0);
+    assert_int_equal(queue_remote_follow(fx->q, rid, "B", T0 + 10, 1000,
+                                         always_alive, NULL), NB_ELEASE);
+    assert_int_equal(queue_remote_follow(fx->q, rid, "A", T0 + 10, 1000,
+                                         always_alive, NULL), 0);
+    /* A dead follower, or an expired one, gives way. */
+    assert_int_equal(queue_remote_follow(fx->q, rid, "B", T0 + 20, 1000,
+                                         never_alive, NULL), 0);
+    assert_int_equal(queue_remote_follow(fx->q, rid, "C", T0 + 5000, 1000,
+                                         always_alive, NULL), 0);
+    assert_int_equal(queue_remote_unfollow(fx->q, "C"), 0);
+    assert_int_equal(queue_remote_follow(fx->q, rid, "D", T0 + 5001, 1000,
+                                         always_alive, NULL), 0);
+    assert_int_equal(queue_remote_follow(fx->q, 99, "D", T0, 1000, NULL,
+                                         NULL), NB_ENOTFOUND);
+}
+
 /* A version 1 file (insert trigger) migrates and counts exactly after. */
 static void
 test_migrate_v1_counts(void **state)
@@ -1643,6 +1818,12 @@ main(void)
         cmocka_unit_test_setup_teardown(test_cancel_and_retry, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_list, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_chunk_life, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_remote_create_checks, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_remote_follow, setup,
+                                        teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -38,6 +38,7 @@
 #define CT_JSON "application/json; charset=UTF-8"
 #define CT_HTML "text/html; charset=UTF-8"
 #define DUMP_FLAGS (JSON_INDENT(2) | JSON_REAL_PRECISION(9))
+#define COMPACT_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(9))
 #define PLACEHOLDER "@@NBSIM-IMAGE-"   /* + digit + "@@" */
 #define PLACEHOLDER_LEN (sizeof PLACEHOLDER - 1 + 3)
 #define DAY_MS 86400000ull
@@ -154,6 +155,17 @@ struct api_render {
     unsigned image_input_tokens;
     unsigned output_tokens;
     unsigned thought_tokens;
+    int compact;                /* one line of JSON (a batch result) */
+    int seeded;                 /* signatures from sig_seed, not a->rng */
+    uint64_t sig_seed;
+};
+
+/* One request of a batch, decided when the batch is created. */
+struct api_line {
+    unsigned code;              /* 0: an answer; else the error's code */
+    char *error_json;           /* the error object, one line; owned */
+    struct api_render rd;
+    char response_id[25];
 };
 
 static uint64_t
@@ -165,33 +177,37 @@ now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* splitmix64; the caller holds the lock. */
+/* splitmix64: one step of the generator whose state is *state. */
 static uint64_t
-rng_next_locked(struct api *a)
+mix64(uint64_t *state)
 {
-    uint64_t z = (a->rng += 0x9E3779B97F4A7C15ull);
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
 
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
 
+/* The next draw of a request's own generator (local) when it has one,
+ * else of the shared one. */
 static uint64_t
-rng_next(struct api *a)
+rng_next(struct api *a, uint64_t *local)
 {
     uint64_t v;
 
+    if (local)
+        return mix64(local);
     pthread_mutex_lock(&a->lock);
-    v = rng_next_locked(a);
+    v = mix64(&a->rng);
     pthread_mutex_unlock(&a->lock);
     return v;
 }
 
 /* Uniform in [0, 1). */
 static double
-rng_unit(struct api *a)
+rng_unit(struct api *a, uint64_t *local)
 {
-    return (double)(rng_next(a) >> 11) / 9007199254740992.0;
+    return (double)(rng_next(a, local) >> 11) / 9007199254740992.0;
 }
 
 struct api *
@@ -242,6 +258,13 @@ api_kind_name(int kind)
         [API_KIND_NOROUTE] = "noroute",
         [API_KIND_SIM] = "sim",
         [API_KIND_ERROR] = "error",
+        [API_KIND_UPLOAD] = "upload",
+        [API_KIND_FILE] = "file",
+        [API_KIND_BATCH_CREATE] = "batch_create",
+        [API_KIND_BATCH] = "batch",
+        [API_KIND_BATCH_CANCEL] = "batch_cancel",
+        [API_KIND_BATCH_DOWNLOAD] = "batch_download",
+        [API_KIND_HTTP_FAULT] = "http_fault",
     };
     static const char *const faults[SCENARIO_NFAULTS] = {
         "fault:500", "fault:502", "fault:503", "fault:504", "fault:408",
@@ -263,7 +286,23 @@ api_reply_clear(struct api_reply *r)
 {
     body_free(r->body);
     free(r->render);
+    free(r->headers);
+    json_decref(r->log_extra);
     memset(r, 0, sizeof *r);
+}
+
+int
+api_reply_header(struct api_reply *r, const char *name, const char *value)
+{
+    size_t have = r->headers ? strlen(r->headers) : 0;
+    size_t add = strlen(name) + strlen(value) + 3;
+    char *p = realloc(r->headers, have + add + 1);
+
+    if (!p)
+        return -1;
+    snprintf(p + have, add + 1, "%s: %s\n", name, value);
+    r->headers = p;
+    return 0;
 }
 
 /* Takes text (from json_dumps or malloc) as the whole body. */
@@ -291,6 +330,21 @@ set_body_json(struct api_reply *r, json_t *root)
     if (!root)
         return -1;
     rc = set_body_text(r, json_dumps(root, DUMP_FLAGS));
+    json_decref(root);
+    return rc;
+}
+
+/* The same on one line, for a batch result. */
+static int
+set_body_line(struct api_reply *r, json_t *root, int compact)
+{
+    int rc;
+
+    if (!compact)
+        return set_body_json(r, root);
+    if (!root)
+        return -1;
+    rc = set_body_text(r, json_dumps(root, COMPACT_FLAGS));
     json_decref(root);
     return rc;
 }
@@ -366,8 +420,8 @@ html_reply(struct api_reply *r, unsigned code, int kind)
 }
 
 /* The usual answer for a bare failure status. */
-static int
-status_reply(struct api_reply *r, unsigned code, int kind)
+int
+api_status_reply(struct api_reply *r, unsigned code, int kind)
 {
     switch (code) {
     case 408:
@@ -1051,7 +1105,7 @@ trigger_gate(struct api *a, const struct ask *ask,
         if (seen < 0)
             return -1;
         if (seen < n)
-            return status_reply(r, 503, API_KIND_FAILFIRST) < 0
+            return api_status_reply(r, 503, API_KIND_FAILFIRST) < 0
                    ? -1 : ANSWERED;
     } else {
         *skip_faults = 0;
@@ -1063,7 +1117,7 @@ trigger_gate(struct api *a, const struct ask *ask,
 static int
 draw_fault(struct api *a)
 {
-    double u = rng_unit(a), sum = 0;
+    double u = rng_unit(a, NULL), sum = 0;
 
     for (int f = 0; f < SCENARIO_NFAULTS; f++) {
         sum += a->sc->fault[f];
@@ -1087,7 +1141,7 @@ fault_gate(struct api *a, int f, struct api_render *rd,
 
     r->kind = kind;
     if (f < (int)(sizeof plain / sizeof plain[0]) && plain[f])
-        return status_reply(r, plain[f], kind) < 0 ? -1 : ANSWERED;
+        return api_status_reply(r, plain[f], kind) < 0 ? -1 : ANSWERED;
     switch (f) {
     case SCENARIO_F429:
         return quota_reply(r, rd->model, 0,
@@ -1115,18 +1169,20 @@ fault_gate(struct api *a, int f, struct api_render *rd,
     return GO_ON;
 }
 
-/* Format and thoughts of an image answer. */
+/* Format and thoughts of an image answer; draws from local when it is
+ * not NULL. */
 static void
-choose_image(struct api *a, const struct ask *ask, struct api_render *rd)
+choose_image(struct api *a, const struct ask *ask, struct api_render *rd,
+             uint64_t *local)
 {
     const struct scenario *sc = a->sc;
     int jpeg = sc->format == SCENARIO_FORMAT_JPEG || has(ask, "[sim:jpeg]");
     int honest = 0;
 
     if (!jpeg && sc->format == SCENARIO_FORMAT_MIXED &&
-        rng_unit(a) < sc->jpeg_rate) {
+        rng_unit(a, local) < sc->jpeg_rate) {
         jpeg = 1;
-        honest = rng_next(a) & 1;
+        honest = rng_next(a, local) & 1;
     }
     if (rd->outcome == OUT_CORRUPT)
         jpeg = 0;               /* the damage is a PNG CRC */
@@ -1138,7 +1194,7 @@ choose_image(struct api *a, const struct ask *ask, struct api_render *rd)
 }
 
 static void
-random_id(struct api *a, char *out, size_t len)
+random_id(struct api *a, char *out, size_t len, uint64_t *local)
 {
     static const char alphabet[] =
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -1146,7 +1202,7 @@ random_id(struct api *a, char *out, size_t len)
 
     for (size_t i = 0; i + 1 < len; i++) {
         if (i % 10 == 0)
-            bits = rng_next(a);
+            bits = rng_next(a, local);
         out[i] = alphabet[bits & 63];
         bits >>= 6;
     }
@@ -1171,14 +1227,15 @@ decide(struct api *a, const struct ask *ask, const unsigned char sha[32],
     long jitter = a->sc->latency_jitter_ms;
 
     if (status)
-        return status_reply(r, (unsigned)status, API_KIND_OUTAGE) < 0
+        return api_status_reply(r, (unsigned)status, API_KIND_OUTAGE) < 0
                ? -1 : ANSWERED;
     rc = quota_gate(a, rd->model, r);
     if (rc)
         return rc;
 
     r->wait_ms = a->sc->latency_ms +
-                 (jitter > 0 ? (long)(rng_next(a) % (uint64_t)(jitter + 1))
+                 (jitter > 0 ? (long)(rng_next(a, NULL) %
+                                   (uint64_t)(jitter + 1))
                              : 0);
     r->kind = API_KIND_IMAGE;
     rc = trigger_gate(a, ask, sha, rd, r, &skip_faults);
@@ -1191,8 +1248,27 @@ decide(struct api *a, const struct ask *ask, const unsigned char sha[32],
         if (rc)
             return rc;
     }
-    choose_image(a, ask, rd);
+    choose_image(a, ask, rd, NULL);
     return GO_ON;
+}
+
+/* What every answer from the model needs besides its outcome. */
+static void
+answer_fill(struct api *a, const struct ask *ask,
+            const unsigned char sha[32], struct api_render *rd,
+            uint64_t *local)
+{
+    imagegen_prompt_color(ask->prompt ? ask->prompt : "", ask->prompt_len,
+                          rd->rgb);
+    rd->text_tokens = (unsigned)(ask->prompt_len + 3) / 4 + 1;
+    rd->image_input_tokens = (unsigned)ask->images_in *
+                             rd->fam->input_image_tokens;
+    rd->thought_tokens = thinks(rd->model) || rd->thoughts
+                         ? 150u + (unsigned)(sha[3] % 200) : 0;
+    if (local) {
+        rd->seeded = 1;
+        rd->sig_seed = rng_next(a, local);
+    }
 }
 
 int
@@ -1229,16 +1305,10 @@ api_generate(struct api *a, const char *model, const char *key,
         goto done;
 
     /* An answer from the model, built after the wait. */
-    imagegen_prompt_color(ask.prompt ? ask.prompt : "", ask.prompt_len,
-                          rd->rgb);
-    rd->text_tokens = (unsigned)(ask.prompt_len + 3) / 4 + 1;
-    rd->image_input_tokens = (unsigned)ask.images_in *
-                             rd->fam->input_image_tokens;
-    rd->thought_tokens = thinks(model) || rd->thoughts
-                         ? 150u + (unsigned)(sha[3] % 200) : 0;
+    answer_fill(a, &ask, sha, rd, NULL);
     r->status = 200;
     r->image = rd->outcome == OUT_IMAGE && !r->truncate;
-    random_id(a, r->response_id, sizeof r->response_id);
+    random_id(a, r->response_id, sizeof r->response_id, NULL);
     r->render = rd;
     rd = NULL;
 done:
@@ -1326,13 +1396,13 @@ parts_candidate(json_t *parts)
 }
 
 static char *
-signature(struct api *a)
+signature(struct api *a, uint64_t *local)
 {
     unsigned char raw[96];
     char *text = malloc(4 * sizeof raw / 3 + 1);
 
     for (size_t i = 0; i < sizeof raw; i += 8) {
-        uint64_t v = rng_next(a);
+        uint64_t v = rng_next(a, local);
 
         memcpy(raw + i, &v, 8);
     }
@@ -1371,7 +1441,7 @@ text_part(const char *text, const char *flag, json_t *value)
 }
 
 static json_t *
-image_parts(struct api *a, const struct api_render *rd)
+image_parts(struct api *a, const struct api_render *rd, uint64_t *local)
 {
     json_t *parts = json_array();
     char *sig1 = NULL, *sig2 = NULL;
@@ -1383,8 +1453,8 @@ image_parts(struct api *a, const struct api_render *rd)
                                                 NULL));
         return parts;
     }
-    sig1 = signature(a);
-    sig2 = signature(a);
+    sig1 = signature(a, local);
+    sig2 = signature(a, local);
     if (!sig1 || !sig2) {
         json_decref(parts);
         parts = NULL;
@@ -1468,14 +1538,17 @@ render_image(struct api *a, struct api_reply *r,
              const struct api_render *rd)
 {
     struct imagegen_image *imgs[2] = { NULL, NULL };
+    uint64_t sig_state = rd->sig_seed;
     json_t *root;
     char *text = NULL;
     int rc = -1;
 
     if (make_images(a, rd, imgs) < 0)
         goto fail;
-    root = answer_root(r, rd, parts_candidate(image_parts(a, rd)), 1);
-    text = root ? json_dumps(root, DUMP_FLAGS) : NULL;
+    root = answer_root(r, rd, parts_candidate(image_parts(a, rd,
+                       rd->seeded ? &sig_state : NULL)), 1);
+    text = root ? json_dumps(root, rd->compact ? COMPACT_FLAGS
+                                               : DUMP_FLAGS) : NULL;
     json_decref(root);
     if (!text)
         goto fail;
@@ -1522,7 +1595,7 @@ render_other(struct api_reply *r, const struct api_render *rd)
             "that matches your words.")), 0);
         break;
     }
-    return set_body_json(r, root);
+    return set_body_line(r, root, rd->compact);
 }
 
 int
@@ -1577,4 +1650,143 @@ api_model_get(struct api *a, const char *model, const char *key,
         "supportedGenerationMethods", "generateContent", "countTokens",
         "batchGenerateContent", "temperature", 1.0, "maxTemperature", 2.0,
         "topP", 0.95, "topK", 64, "thinking", thinks(model)));
+}
+
+/* --- gates and lines for the Files and Batch endpoints ------------------ */
+
+int
+api_gate_key(struct api *a, const char *key, struct api_reply *r)
+{
+    return check_key(a, key, r);
+}
+
+int
+api_gate_model(struct api *a, const char *model, struct api_reply *r)
+{
+    snprintf(r->model, sizeof r->model, "%s", model);
+    return check_model(a, model, r);
+}
+
+int
+api_gate_outage(struct api *a, struct api_reply *r)
+{
+    int status = outage_now(a);
+
+    if (!status)
+        return GO_ON;
+    return api_status_reply(r, (unsigned)status, API_KIND_OUTAGE) < 0
+           ? -1 : ANSWERED;
+}
+
+/* Keeps the error object of r's envelope, on one line, as ln's answer. */
+static int
+line_error(struct api_line *ln, const struct api_reply *r)
+{
+    char *text = r->body ? body_dump(r->body) : NULL;
+    json_t *root = text ? json_loads(text, 0, NULL) : NULL;
+    json_t *err = json_object_get(root, "error");
+
+    free(text);
+    ln->code = r->status;
+    ln->error_json = err ? json_dumps(err, COMPACT_FLAGS) : NULL;
+    json_decref(root);
+    return ln->error_json ? 0 : -1;
+}
+
+/* The gates of a batch line: body, image config, triggers, the fault
+ * the batch drew.  Fills rd; GO_ON leaves an answer from the model. */
+static int
+line_gates(struct api *a, const struct ask *ask,
+           const unsigned char sha[32], unsigned fault,
+           struct api_render *rd, struct api_reply *r)
+{
+    int rc, skip_faults;
+
+    rc = check_image_config(a, ask, rd, r);
+    if (!rc)
+        rc = trigger_gate(a, ask, sha, rd, r, &skip_faults);
+    if (!rc && !skip_faults && fault)
+        rc = api_status_reply(r, fault, API_KIND_FAULT) < 0 ? -1
+                                                             : ANSWERED;
+    return rc;
+}
+
+struct api_line *
+api_line_decide(struct api *a, const char *model, const char *request,
+                size_t len, unsigned fault, uint64_t seed,
+                char sha_hex[65])
+{
+    struct api_reply r;
+    struct ask ask = { 0 };
+    struct api_line *ln = calloc(1, sizeof *ln);
+    unsigned char sha[32];
+    uint64_t local = seed;
+    int rc = -1;
+
+    sha_hex[0] = '\0';
+    if (!ln)
+        return NULL;
+    reply_start(&r, model);
+    ln->rd.fam = family_of(model);
+    snprintf(ln->rd.model, sizeof ln->rd.model, "%s", model);
+    ln->rd.compact = 1;
+    rc = read_body(request, len, model, &ask, &r);
+    if (!rc) {
+        describe_prompt(&ask, &r, sha);
+        memcpy(sha_hex, r.prompt_sha256, 65);
+        rc = line_gates(a, &ask, sha, fault, &ln->rd, &r);
+    }
+    if (rc == ANSWERED) {
+        rc = line_error(ln, &r);
+    } else if (rc == GO_ON) {
+        choose_image(a, &ask, &ln->rd, &local);
+        answer_fill(a, &ask, sha, &ln->rd, &local);
+        random_id(a, ln->response_id, sizeof ln->response_id, &local);
+    }
+    api_reply_clear(&r);
+    free(ask.prompt);
+    if (rc < 0) {
+        api_line_free(ln);
+        return NULL;
+    }
+    return ln;
+}
+
+unsigned
+api_line_error(const struct api_line *ln)
+{
+    return ln->code;
+}
+
+int
+api_line_render(struct api *a, const struct api_line *ln,
+                struct body *dst)
+{
+    struct api_reply r;
+    int rc;
+
+    if (ln->code)
+        return body_add_text(dst, ln->error_json, strlen(ln->error_json));
+    memset(&r, 0, sizeof r);
+    r.render = malloc(sizeof *r.render);
+    if (!r.render)
+        return -1;
+    *r.render = ln->rd;
+    memcpy(r.response_id, ln->response_id, sizeof r.response_id);
+    rc = api_render(a, &r);
+    if (rc == 0) {
+        rc = body_add_body(dst, r.body);
+        r.body = NULL;
+    }
+    api_reply_clear(&r);
+    return rc;
+}
+
+void
+api_line_free(struct api_line *ln)
+{
+    if (!ln)
+        return;
+    free(ln->error_json);
+    free(ln);
 }

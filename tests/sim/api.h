@@ -41,6 +41,13 @@ enum api_kind {
     API_KIND_NOROUTE,       /* no such endpoint */
     API_KIND_SIM,           /* /_sim/ control endpoints */
     API_KIND_ERROR,         /* the simulator itself failed */
+    API_KIND_UPLOAD,        /* Files API: an upload step */
+    API_KIND_FILE,          /* Files API: get or delete */
+    API_KIND_BATCH_CREATE,  /* a batch made (even if its answer is lost) */
+    API_KIND_BATCH,         /* a batch read: get, list, delete */
+    API_KIND_BATCH_CANCEL,  /* a batch cancelled */
+    API_KIND_BATCH_DOWNLOAD,    /* a results file served */
+    API_KIND_HTTP_FAULT,    /* batch.http_fault: a 502 or 503 */
     API_KIND_FAULT,         /* + enum scenario_fault: "fault:NAME" */
     API_NKINDS = API_KIND_FAULT + SCENARIO_NFAULTS
 };
@@ -71,6 +78,10 @@ struct api_reply {
     int image;                      /* body carries a final image */
     struct body *body;              /* built; NULL until api_render */
     struct api_render *render;      /* private: what is still to build */
+    char *headers;                  /* extra "Name: value\n" lines;
+                                       owned, NULL when none */
+    struct json_t *log_extra;       /* fields added to the log line;
+                                       owned, NULL when none */
 };
 
 /* Constructor: sc and ig are borrowed and must outlive the api.  The
@@ -105,6 +116,52 @@ int api_json_reply(struct api_reply *r, const char *json, int kind);
 
 /* Releases what r holds and zeroes it.  Accepts an empty reply. */
 void api_reply_clear(struct api_reply *r);
+
+/* Adds a response header (both strings borrowed, copied).  0 or -1. */
+int api_reply_header(struct api_reply *r, const char *name,
+                     const char *value);
+
+/* The usual answer for a bare failure status: Google's HTML page for
+ * 408 and 502, else the JSON envelope of 429, 500, 503 or 504.  0 or
+ * -1. */
+int api_status_reply(struct api_reply *r, unsigned code, int kind);
+
+/* The gates of generate, for other endpoints.  Each returns 0 to go on,
+ * 1 when r now holds the refusal, -1 when out of memory.  key may be
+ * NULL; model is borrowed and copied into r->model. */
+int api_gate_key(struct api *a, const char *key, struct api_reply *r);
+int api_gate_model(struct api *a, const char *model, struct api_reply *r);
+int api_gate_outage(struct api *a, struct api_reply *r);
+
+/* One request of a batch, decided once when the batch is made and
+ * rendered as often as its results are read. */
+struct api_line;
+
+/* Decides one request (the JSON text of a GenerateContentRequest, len
+ * bytes, borrowed) as generate would, minus the key, outage, quota,
+ * latency and fault gates.  A bad body or [sim:badrequest] makes a 400
+ * line; [sim:fail-first=N] a 503 line the first N times its prompt is
+ * seen (by generate or any batch); the other triggers their answers.
+ * fault (0, 500 or 503) makes an error line unless a trigger decided.
+ * seed fixes the response id, signatures and a mixed format, so every
+ * rendering is the same.  sha_hex gets the prompt's SHA-256 ("" when
+ * the body did not parse).  NULL when out of memory. */
+struct api_line *api_line_decide(struct api *a, const char *model,
+                                 const char *request, size_t len,
+                                 unsigned fault, uint64_t seed,
+                                 char sha_hex[65]);
+
+/* 0 for an answer, else the HTTP code of the line's error. */
+unsigned api_line_error(const struct api_line *ln);
+
+/* Appends to dst the line's GenerateContentResponse, or its error object
+ * {code,message,status}, as one line of JSON (no newline).  The same
+ * bytes every time.  0 or -1. */
+int api_line_render(struct api *a, const struct api_line *ln,
+                    struct body *dst);
+
+/* Accepts NULL. */
+void api_line_free(struct api_line *ln);
 
 /* Every generate answer is status for the next seconds (0 ends a
  * runtime outage).  Returns 0, or -1 for a status other than 408, 429,

@@ -87,6 +87,31 @@ body_add_base64(struct body *b, struct imagegen_image *img)
     return 0;
 }
 
+int
+body_add_body(struct body *dst, struct body *src)
+{
+    size_t i;
+    int moved_all;
+
+    for (i = 0; i < src->npieces; i++) {
+        struct piece *p = body_grow(dst);
+
+        if (!p)
+            break;
+        *p = src->pieces[i];
+        dst->npieces++;
+        dst->size += p->len;
+    }
+    /* What did not move is freed with src. */
+    moved_all = i == src->npieces;
+    if (i > 0)
+        memmove(src->pieces, src->pieces + i,
+                (src->npieces - i) * sizeof *src->pieces);
+    src->npieces -= i;
+    body_free(src);
+    return moved_all ? 0 : -1;
+}
+
 uint64_t
 body_size(const struct body *b)
 {

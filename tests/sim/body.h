@@ -24,6 +24,10 @@ int body_add_text(struct body *b, const char *text, size_t len);
  * when this fails).  0 or -1. */
 int body_add_base64(struct body *b, struct imagegen_image *img);
 
+/* Moves every piece of src to the end of dst and frees src (even when
+ * this fails).  0 or -1. */
+int body_add_body(struct body *dst, struct body *src);
+
 /* Total size in bytes. */
 uint64_t body_size(const struct body *b);
 

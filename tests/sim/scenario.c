@@ -117,6 +117,9 @@ scenario_init(struct scenario *sc)
     sc->retry_delay_ms = 1000;
     sc->hang_ms = 600000;
     sc->slow_ms = 3000;
+    sc->batch_pending_ms = 200;
+    sc->batch_run_ms = 1000;
+    sc->batch_state_names = SCENARIO_STATES_BATCH;
 }
 
 /* --- value readers ------------------------------------------------- */
@@ -264,7 +267,7 @@ read_models(const struct where *w, const char *v, struct scenario *sc)
 /* --- the key table -------------------------------------------------- */
 
 enum kind { K_SEED, K_KEY, K_MODELS, K_DIMS, K_FORMAT, K_THOUGHTS,
-            K_RATE, K_MS, K_COUNT, K_OUTAGE };
+            K_RATE, K_MS, K_COUNT, K_OUTAGE, K_STATE_NAMES };
 
 struct keydef {
     const char *name;
@@ -292,6 +295,14 @@ static const struct keydef keys[] = {
     { "rpm", K_COUNT, F(rpm), 1000000 },
     { "rpd", K_COUNT, F(rpd), 1000000000 },
     { "outage", K_OUTAGE, 0, 0 },
+    { "batch.pending_ms", K_MS, F(batch_pending_ms), DAY_MS },
+    { "batch.run_ms", K_MS, F(batch_run_ms), DAY_MS },
+    { "batch.expire", K_COUNT, F(batch_expire), 1000000000 },
+    { "batch.fail", K_COUNT, F(batch_fail), 1000000000 },
+    { "batch.line_fault", K_RATE, F(batch_line_fault), 0 },
+    { "batch.create_lost", K_RATE, F(batch_create_lost), 0 },
+    { "batch.http_fault", K_RATE, F(batch_http_fault), 0 },
+    { "batch.state_names", K_STATE_NAMES, 0, 0 },
 };
 
 #undef F
@@ -299,6 +310,7 @@ static const struct keydef keys[] = {
 static const char *const dims_names[] = { "tiny", "real", NULL };
 static const char *const format_names[] = { "png", "jpeg", "mixed", NULL };
 static const char *const thoughts_names[] = { "auto", "on", "off", NULL };
+static const char *const state_names[] = { "batch", "job", NULL };
 
 static int
 apply_key(const struct where *w, const struct keydef *k, const char *v,
@@ -341,6 +353,11 @@ apply_key(const struct where *w, const struct keydef *k, const char *v,
         return read_long(w, v, k->max, (long *)(void *)field);
     case K_OUTAGE:
         return read_outage(w, v, sc);
+    case K_STATE_NAMES:
+        if (read_choice(w, v, state_names, &choice) < 0)
+            return -1;
+        sc->batch_state_names = (enum scenario_state_names)choice;
+        return 0;
     }
     return fail(w, "internal: unhandled key kind");
 }

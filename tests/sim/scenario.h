@@ -47,6 +47,10 @@ enum scenario_format {
     SCENARIO_FORMAT_JPEG,       /* JPEG bytes labelled image/png */
     SCENARIO_FORMAT_MIXED
 };
+enum scenario_state_names {
+    SCENARIO_STATES_BATCH,      /* BATCH_STATE_*, as REST sends */
+    SCENARIO_STATES_JOB         /* JOB_STATE_*, as the SDKs spell them */
+};
 enum scenario_thoughts {
     SCENARIO_THOUGHTS_AUTO,     /* only for gemini-3* models */
     SCENARIO_THOUGHTS_ON,
@@ -80,11 +84,23 @@ struct scenario {
     long rpd;                               /* 0: unlimited */
     struct scenario_outage outages[SCENARIO_MAX_OUTAGES];
     size_t noutages;
+    /* Batch API */
+    long batch_pending_ms;                  /* PENDING this long */
+    long batch_run_ms;                      /* terminal this long after
+                                               creation */
+    long batch_expire;                      /* first N batches EXPIRED */
+    long batch_fail;                        /* next N FAILED */
+    double batch_line_fault;                /* error lines, 0..1 */
+    double batch_create_lost;               /* create answer lost */
+    double batch_http_fault;                /* get/list/upload/download
+                                               answer 502 or 503 */
+    enum scenario_state_names batch_state_names;
 };
 
 /* Fills sc with the defaults: seed 1, key "sim-key", the seven image
  * models, tiny PNG images, automatic thoughts, no latency, no faults, no
- * quota, no outage. */
+ * quota, no outage; batches pending 200 ms and done at 1000 ms, all
+ * succeeding, BATCH_STATE_* names. */
 void scenario_init(struct scenario *sc);
 
 /* Reads the scenario file at path (borrowed) over the values already in

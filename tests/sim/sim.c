@@ -18,9 +18,12 @@
  * line is written and the counters of /_sim/stats are updated; the log
  * line says "delivered" only when MHD sent the whole body.
  *
- * Routing is one table of method + path pattern, so the Files and Batch
- * endpoints can be added as rows.  The API's own behaviour lives in
- * api.c, images in imagegen.c, bodies in body.c.
+ * Routing is one table of method + path pattern.  The API's own
+ * behaviour lives in api.c (generate) and batch.c (Files and Batch),
+ * images in imagegen.c, bodies in body.c.  Upload chunks are spooled to
+ * an unlinked temporary file as they arrive, never held in memory, and
+ * batch results go out through a stream made line by line (chunked
+ * transfer, since their size is not known in advance).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -43,6 +46,7 @@
 #include <microhttpd.h>
 
 #include "tests/sim/api.h"
+#include "tests/sim/batch.h"
 #include "tests/sim/body.h"
 #include "tests/sim/imagegen.h"
 #include "tests/sim/scenario.h"
@@ -81,6 +85,8 @@ struct sim {
     struct scenario sc;
     struct imagegen *ig;
     struct api *api;
+    struct batch *batch;
+    char base_url[64];          /* http://127.0.0.1:PORT */
     struct MHD_Daemon *daemon;
     FILE *log;
     pthread_mutex_t log_lock;
@@ -102,6 +108,10 @@ struct req {
     size_t body_len;
     size_t body_cap;
     int body_too_big;
+    int spool_fd;               /* upload chunk bytes, or -1 */
+    uint64_t spool_len;
+    int spool_failed;
+    struct batch_stream *stream;    /* batch results being sent */
     int control;                /* a /_sim/ request: not in the stats */
     enum phase phase;
     int waited;
@@ -362,6 +372,8 @@ log_request(struct sim *s, const struct req *rq, int image, int delivered)
                                                  rq->bytes_sent));
     set_string(o, "auth", r->auth);
     set_string(o, "response_id", r->response_id);
+    if (r->log_extra)
+        json_object_update(o, r->log_extra);
     line = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     if (!line)
@@ -419,13 +431,14 @@ stats_json(struct sim *s)
         if (st.by_kind[k])
             json_object_set_new(by_kind, api_kind_name(k),
                                 json_integer((json_int_t)st.by_kind[k]));
-    root = json_pack("{s:I,s:I,s:I,s:I,s:I,s:o,s:o}",
+    root = json_pack("{s:I,s:I,s:I,s:I,s:I,s:o,s:o,s:o}",
                      "requests", (json_int_t)st.requests,
                      "in_flight", (json_int_t)st.in_flight,
                      "images", (json_int_t)st.images,
                      "images_delivered", (json_int_t)st.images_delivered,
                      "bytes_sent", (json_int_t)st.bytes_sent,
-                     "by_status", by_status, "by_kind", by_kind);
+                     "by_status", by_status, "by_kind", by_kind,
+                     "batches", batch_stats(s->batch));
     text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
     json_decref(root);
     return text;
@@ -470,6 +483,80 @@ static int
 handle_model_get(struct sim *s, struct req *rq, const char *model)
 {
     return api_model_get(s->api, model, api_key(rq), &rq->reply);
+}
+
+/* --- Files and Batch routes ------------------------------------------- */
+
+static const char *
+header(const struct req *rq, const char *name)
+{
+    return MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, name);
+}
+
+/* What batch.c needs to know of a request; everything is borrowed. */
+static void
+batch_call_of(struct sim *s, struct req *rq, const char *param,
+              struct batch_call *c)
+{
+    memset(c, 0, sizeof *c);
+    c->key = api_key(rq);
+    c->id = param;
+    c->body = rq->body;
+    c->body_len = rq->body_len;
+    c->spool_fd = rq->spool_fd;
+    c->spool_len = rq->spool_len;
+    c->upload_protocol = header(rq, "X-Goog-Upload-Protocol");
+    c->upload_command = header(rq, "X-Goog-Upload-Command");
+    c->upload_offset = header(rq, "X-Goog-Upload-Offset");
+    c->upload_length = header(rq, "X-Goog-Upload-Header-Content-Length");
+    c->upload_id = query(rq, "upload_id");
+    c->page_size = query(rq, "pageSize");
+    c->page_token = query(rq, "pageToken");
+    c->base_url = s->base_url;
+}
+
+/* A body that could not be taken whole (too big, or the spool failed). */
+static int
+refuse_body(struct req *rq)
+{
+    if (rq->spool_failed)
+        return api_error_reply(&rq->reply, 500, "INTERNAL", "nbsim could "
+                               "not store the upload.", API_KIND_ERROR);
+    return api_error_reply(&rq->reply, 400, "INVALID_ARGUMENT", "Request "
+                           "payload size exceeds the limit.",
+                           API_KIND_BADREQUEST);
+}
+
+#define BATCH_HANDLER(NAME, FN)                                         \
+static int                                                              \
+NAME(struct sim *s, struct req *rq, const char *param)                  \
+{                                                                       \
+    struct batch_call c;                                                \
+                                                                        \
+    if (rq->body_too_big || rq->spool_failed)                           \
+        return refuse_body(rq);                                         \
+    batch_call_of(s, rq, param, &c);                                    \
+    return FN(s->batch, &c, &rq->reply);                                \
+}
+
+BATCH_HANDLER(handle_upload, batch_upload)
+BATCH_HANDLER(handle_file_get, batch_file_get)
+BATCH_HANDLER(handle_file_delete, batch_file_delete)
+BATCH_HANDLER(handle_batch_create, batch_create)
+BATCH_HANDLER(handle_batch_get, batch_get)
+BATCH_HANDLER(handle_batch_list, batch_list)
+BATCH_HANDLER(handle_batch_cancel, batch_cancel)
+BATCH_HANDLER(handle_batch_delete, batch_delete)
+
+#undef BATCH_HANDLER
+
+static int
+handle_download(struct sim *s, struct req *rq, const char *param)
+{
+    struct batch_call c;
+
+    batch_call_of(s, rq, param, &c);
+    return batch_download(s->batch, &c, &rq->reply, &rq->stream);
 }
 
 static int
@@ -520,6 +607,19 @@ struct route {
 static const struct route routes[] = {
     { "POST", "/v1beta/models/*:generateContent", handle_generate },
     { "GET", "/v1beta/models/*", handle_model_get },
+    { "POST", "/v1beta/models/*:batchGenerateContent",
+      handle_batch_create },
+    { "POST", "/upload/v1beta/files", handle_upload },
+    { "GET", "/v1beta/files/*", handle_file_get },
+    { "DELETE", "/v1beta/files/*", handle_file_delete },
+    { "GET", "/v1beta/files/*:download", handle_download },
+    { "GET", "/download/v1beta/files/*:download", handle_download },
+    { "GET", "/v1beta/batches", handle_batch_list },
+    { "GET", "/v1beta/batches/*", handle_batch_get },
+    { "POST", "/v1beta/batches/*:cancel", handle_batch_cancel },
+    { "DELETE", "/v1beta/batches/*", handle_batch_delete },
+    { "DELETE", "/v1beta/batches/*:delete", handle_batch_delete },
+    { "POST", "/v1beta/batches/*:delete", handle_batch_delete },
     { "GET", "/_sim/stats", handle_stats },
     { "POST", "/_sim/outage", handle_outage },
     { "POST", "/_sim/reset-quota", handle_reset_quota },
@@ -562,6 +662,34 @@ route(struct sim *s, struct req *rq)
 
 /* --- requests ------------------------------------------------------------ */
 
+/* An unlinked temporary file for an upload chunk; -1 on error. */
+static int
+spool_open(void)
+{
+    const char *dir = getenv("TMPDIR");
+    char path[4096];
+    int fd;
+
+    snprintf(path, sizeof path, "%s/nbsim-chunk-XXXXXX",
+             dir && *dir ? dir : "/tmp");
+    fd = mkstemp(path);
+    if (fd >= 0)
+        unlink(path);
+    return fd;
+}
+
+/* Upload chunks (not the start, whose body is a small JSON) go to a
+ * spool file. */
+static int
+wants_spool(struct MHD_Connection *conn, const char *url,
+            const char *method)
+{
+    return strcmp(method, "POST") == 0 &&
+           strcmp(url, "/upload/v1beta/files") == 0 &&
+           MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND,
+                                       "upload_id") != NULL;
+}
+
 static struct req *
 req_new(struct sim *s, struct MHD_Connection *conn, const char *url,
         const char *method)
@@ -579,6 +707,11 @@ req_new(struct sim *s, struct MHD_Connection *conn, const char *url,
     }
     rq->sim = s;
     rq->conn = conn;
+    rq->spool_fd = -1;
+    if (wants_spool(conn, url, method)) {
+        rq->spool_fd = spool_open();
+        rq->spool_failed = rq->spool_fd < 0;
+    }
     rq->started_ms = mono_ms();
     rq->fd = info ? info->connect_fd : -1;
     snprintf(rq->method, sizeof rq->method, "%s", method);
@@ -594,15 +727,42 @@ req_new(struct sim *s, struct MHD_Connection *conn, const char *url,
 static void
 req_free(struct req *rq)
 {
+    batch_stream_free(rq->stream);
+    if (rq->spool_fd >= 0)
+        close(rq->spool_fd);
     api_reply_clear(&rq->reply);
     free(rq->body);
     free(rq->path);
     free(rq);
 }
 
+/* Writes a piece of an upload chunk to the spool file. */
+static void
+spool_append(struct req *rq, const char *data, size_t len)
+{
+    while (len > 0 && !rq->spool_failed) {
+        ssize_t n = write(rq->spool_fd, data, len);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            rq->spool_failed = 1;
+            break;
+        }
+        data += n;
+        len -= (size_t)n;
+        rq->spool_len += (uint64_t)n;
+    }
+}
+
 static void
 req_append(struct req *rq, const char *data, size_t len)
 {
+    if (rq->spool_fd >= 0 || rq->spool_failed) {
+        if (rq->spool_fd >= 0)
+            spool_append(rq, data, len);
+        return;
+    }
     if (rq->body_too_big || rq->body_len + len > BODY_LIMIT) {
         rq->body_too_big = 1;
         return;
@@ -669,6 +829,45 @@ read_body(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)max;
 }
 
+/* The content reader of batch results: line by line, size unknown. */
+static ssize_t
+read_stream(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct req *rq = cls;
+    ssize_t n;
+
+    if (rq->aborted || rq->client_gone)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    n = batch_stream_read(rq->stream, buf, max);
+    if (n < 0)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (n == 0)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    rq->bytes_sent = pos + (uint64_t)n;
+    return n;
+}
+
+/* Adds the reply's extra "Name: value" lines as headers. */
+static void
+add_headers(struct MHD_Response *resp, char *headers)
+{
+    char *line = headers;
+
+    while (line && *line) {
+        char *end = strchr(line, '\n');
+        char *colon = strchr(line, ':');
+
+        if (!end || !colon || colon > end)
+            break;
+        *end = '\0';
+        *colon = '\0';
+        MHD_add_response_header(resp, line, colon + 2);
+        *colon = ':';
+        *end = '\n';
+        line = end + 1;
+    }
+}
+
 static enum MHD_Result
 send_reply(struct req *rq)
 {
@@ -676,20 +875,26 @@ send_reply(struct req *rq)
     struct MHD_Response *resp;
     enum MHD_Result ret;
 
-    if (api_render(rq->sim->api, r) < 0) {
+    if (!rq->stream && api_render(rq->sim->api, r) < 0) {
         api_reply_clear(r);
         if (api_error_reply(r, 500, "INTERNAL", "nbsim could not build "
                             "the answer.", API_KIND_ERROR) < 0)
             return MHD_NO;
     }
-    resp = MHD_create_response_from_callback(body_size(r->body),
-                                             BLOCK_SIZE, read_body, rq,
-                                             NULL);
+    if (rq->stream)
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN,
+                                                 BLOCK_SIZE, read_stream,
+                                                 rq, NULL);
+    else
+        resp = MHD_create_response_from_callback(body_size(r->body),
+                                                 BLOCK_SIZE, read_body,
+                                                 rq, NULL);
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             r->content_type ? r->content_type
                                             : "application/json");
+    add_headers(resp, r->headers);
     rq->phase = PHASE_SENDING;
     rq->send_started_ms = mono_ms();
     ret = MHD_queue_response(rq->conn, r->status, resp);
@@ -778,7 +983,8 @@ on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     image = rq->reply.image && rq->phase == PHASE_SENDING;
     delivered = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK &&
                 rq->phase == PHASE_SENDING &&
-                rq->bytes_sent == body_size(rq->reply.body);
+                (rq->stream ? batch_stream_done(rq->stream)
+                            : rq->bytes_sent == body_size(rq->reply.body));
     log_request(s, rq, image, delivered);
     count_request(s, rq, image, delivered);
     req_free(rq);
@@ -1027,6 +1233,7 @@ serve(struct sim *s, const struct options *o)
     }
     info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     port = info ? info->port : (unsigned)o->port;
+    snprintf(s->base_url, sizeof s->base_url, "http://127.0.0.1:%u", port);
     if (o->port_file && write_port_file(o->port_file, port) < 0)
         fprintf(stderr, "nbsim: cannot write %s: %s\n", o->port_file,
                 strerror(errno));
@@ -1069,12 +1276,14 @@ main(int argc, char **argv)
     }
     s->ig = imagegen_new();
     s->api = s->ig ? api_new(&s->sc, s->ig) : NULL;
-    if (!s->api) {
+    s->batch = s->api ? batch_new(&s->sc, s->api) : NULL;
+    if (!s->batch) {
         fprintf(stderr, "nbsim: out of memory\n");
         goto done;
     }
     rc = serve(s, &o);
 done:
+    batch_free(s->batch);
     api_free(s->api);
     imagegen_free(s->ig);
     if (s->log && fclose(s->log) != 0)
