@@ -151,12 +151,23 @@ bats: deps nbbatch $(BUILD)/nbsim $(BUILD)/tests/pngcheck
 
 FUZZ_SRC = $(QUEUE_SRC) $(JOBS_SRC) runner/config.c runner/window.c \
            runner/tzone.c runner/mcp_proto.c
-fuzz: deps
-	@mkdir -p build/fuzz
+# Fuzz targets: the sources they read are compiled once, with clang's
+# fuzzer instrumentation and sanitizers, and linked into each target.
+FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS)
+FUZZ_OBJ    = $(FUZZ_SRC:%.c=build/fuzz/obj/%.o)
+FUZZ_BIN    = $(FUZZERS:%=build/fuzz/%)
+
+build/fuzz/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined \
+	    -MMD -MP -c -o $@ $<
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< \
+	    $(FUZZ_OBJ) $(PKG_LIBS) -lm
+
+fuzz: deps $(FUZZ_BIN)
 	@set -e; for f in $(FUZZERS); do \
-	    clang -std=c11 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS) \
-	        -fsanitize=fuzzer,address,undefined \
-	        -o build/fuzz/$$f tests/fuzz/$$f.c $(FUZZ_SRC) $(PKG_LIBS) -lm; \
 	    mkdir -p build/fuzz/corpus-$$f; \
 	    echo "== $$f (short run)"; \
 	    build/fuzz/$$f -max_total_time=$${FUZZ_SECONDS:-10} -print_final_stats=0 \
@@ -167,7 +178,16 @@ fuzz: deps
 lint:
 	@sh tests/lint.sh
 
-check: deps lint unit asan bats fuzz
+# Everything check runs is built first, on every core.
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+
+check: deps lint
+	@$(MAKE) -j$(NPROC) nbbatch $(BUILD)/nbsim $(BUILD)/tests/pngcheck \
+	    $(TEST_BIN) $(FUZZ_BIN)
+	@$(MAKE) -j$(NPROC) BUILD=build/asan OPT="-O1 -g" \
+	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	    $(TEST_BIN:$(BUILD)/%=build/asan/%)
+	@$(MAKE) unit asan bats fuzz
 	@echo "make check: all passed"
 
 demo: deps nbbatch $(BUILD)/nbsim

@@ -12,6 +12,7 @@
  * data: safe from any thread.
  */
 #include <string.h>
+#include <strings.h>
 
 #include "jobs/models.h"
 
@@ -135,6 +136,16 @@ int
 models_size_ok(const struct model_info *m, const char *size)
 {
     return m != NULL && in_list(m->sizes, size);
+}
+
+const char *
+models_size_spelling(const struct model_info *m, const char *size)
+{
+    for (const char *const *s = m->sizes; *s != NULL; s++) {
+        if (strcasecmp(*s, size) == 0)
+            return *s;
+    }
+    return NULL;
 }
 
 double

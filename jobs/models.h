@@ -33,6 +33,10 @@ const struct model_info *models_find(const char *id);
 int models_aspect_ok(const struct model_info *m, const char *aspect);
 /* 1 when the model accepts image size (e.g. "2K"), else 0. */
 int models_size_ok(const struct model_info *m, const char *size);
+/* The model's own spelling of size ("1k" -> "1K"), matched without
+ * regard to case; NULL when the model has no such size. */
+const char *models_size_spelling(const struct model_info *m,
+                                 const char *size);
 
 /*
  * Estimated USD price of one image of model at size (NULL: default size),

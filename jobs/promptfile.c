@@ -267,17 +267,6 @@ join_list(const char *const *list, char *buf, size_t len)
     return buf;
 }
 
-/* The model's own spelling of size, matched without regard to case. */
-static const char *
-size_spelling(const struct model_info *m, const char *size)
-{
-    for (const char *const *s = m->sizes; *s != NULL; s++) {
-        if (strcasecmp(*s, size) == 0)
-            return *s;
-    }
-    return NULL;
-}
-
 static int
 check_model(struct parser *p, struct draft *d)
 {
@@ -295,7 +284,7 @@ check_model(struct parser *p, struct draft *d)
                     "ratio %s accepts (%s)", show(e->aspect, shown),
                     e->model, join_list(m->aspects, list, sizeof(list)));
     if (e->size != NULL) {
-        size = size_spelling(m, e->size);
+        size = models_size_spelling(m, e->size);
         if (size == NULL)
             return fail(p, NB_EINVAL, "image_size", "\"%s\" is not a size "
                         "%s accepts (%s)", show(e->size, shown), e->model,

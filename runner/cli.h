@@ -24,6 +24,9 @@ enum {
     EXIT_INTERRUPTED = 130  /* stopped by SIGINT */
 };
 
+/* The nbbatch version, e.g. "0.1.0". */
+#define NBBATCH_VERSION "0.1.0"
+
 /* Creates dir and its missing parents (mode 0755); 0 or -1 (errno). */
 int cli_mkdir_p(const char *dir);
 /* The folder part of path into dir ("/" for a file at the root). */

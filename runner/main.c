@@ -18,9 +18,6 @@
 #include "runner/cli.h"
 #include "runner/log.h"
 
-#ifndef NBBATCH_VERSION
-#define NBBATCH_VERSION "0.1.0"
-#endif
 
 struct command {
     const char *name;

@@ -63,9 +63,6 @@
 #include "runner/log.h"
 #include "runner/mcp_proto.h"
 
-#ifndef NBBATCH_VERSION
-#define NBBATCH_VERSION "0.1.0"
-#endif
 
 #define DEFAULT_BATCH     "mcp"
 #define CHECK_EVERY_MS    1000

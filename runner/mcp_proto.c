@@ -364,16 +364,6 @@ string_array(const json_t *v, const char *key, size_t max, size_t max_len,
     return 0;
 }
 
-static const char *
-size_spelling(const struct model_info *m, const char *size)
-{
-    for (const char *const *s = m->sizes; *s != NULL; s++) {
-        if (strcasecmp(*s, size) == 0)
-            return *s;
-    }
-    return NULL;
-}
-
 static int
 gen_prompts(const json_t *args, struct mcp_gen_args *a, char *err,
             size_t errlen)
@@ -434,7 +424,7 @@ gen_model(const json_t *args, struct mcp_gen_args *a, char *err,
         return arg_fail(err, errlen, "aspect_ratio: \"%.16s\" is not an "
                         "aspect ratio %.100s accepts", a->aspect, a->model);
     if (size != NULL) {
-        a->size = size_spelling(m, size);
+        a->size = models_size_spelling(m, size);
         if (a->size == NULL)
             return arg_fail(err, errlen, "size: \"%.16s\" is not a size "
                             "%.100s accepts", size, a->model);

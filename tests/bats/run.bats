@@ -153,15 +153,25 @@ rpd = 3"
 }
 
 @test "run: RetryInfo delay is honoured for a per-minute 429" {
-    start_sim "seed = 1
-rpm = 2"
-    prompts 3 > p.txt
+    start_sim "seed = 3
+retry_delay_ms = 1500
+fault.429 = 0.5"
+    prompts 6 > p.txt
     "$NBBATCH" add --out "$WORK/out" p.txt
-    run "$NBBATCH" run --workers 3 --json
+    run "$NBBATCH" run --workers 6 --json
     [ "$status" -eq 0 ]
-    [[ "$output" == *'"event":"retry"'* ]]
-    run "$PNGCHECK" --dir "$WORK/out" --expect 3
+    [[ "$output" == *'"event":"retry"'*'"wait_ms":1500'* ]]
+    run "$PNGCHECK" --dir "$WORK/out" --expect 6
     [ "$status" -eq 0 ]
+    # After each 429, the same prompt came back no sooner than 1.5 s.
+    awk '
+    { match($0, /"prompt_sha256":"[0-9a-f]+"/); p = substr($0, RSTART, RLENGTH)
+      match($0, /"t_ms":[0-9]+/); t = substr($0, RSTART + 7, RLENGTH - 7) + 0
+      match($0, /"latency_ms":[0-9]+/); l = substr($0, RSTART + 13, RLENGTH - 13) + 0
+      if ((p in after) && t - l < after[p]) { print "early retry"; bad = 1 }
+      delete after[p]
+      if ($0 ~ /"status":429/) { after[p] = t + 1450; n++ } }
+    END { print n " answers were 429"; exit (bad || n == 0) }' "$SIM_LOG"
 }
 
 @test "run: the key never appears in output, database or logs" {

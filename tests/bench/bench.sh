@@ -23,4 +23,9 @@ echo "== image validation and JPEG to PNG (issue 3)"
 echo "== the run loop against the simulator (issues 3 and 4)"
 bash "$here/bench_run.sh" "$nbbatch" "$build/nbsim" "$build/tests/measure" \
     "$work/run" || status=1
+echo "== Batch mode under SIGKILL (issue 6): 1000 jobs, 20 kills, chunks of 50"
+rm -rf "$work/batch"
+NBBATCH=$nbbatch NBSIM=$build/nbsim PNGCHECK=$build/tests/pngcheck \
+    CHAOS_SEED=$RANDOM bash "$here/../chaos_batch.sh" "$work/batch" 1000 20 50 ||
+    status=1
 exit $status

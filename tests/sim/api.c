@@ -168,18 +168,18 @@ struct api_line {
     char response_id[25];
 };
 
-static uint64_t
-now_ms(void)
+uint64_t
+api_clock_ms(clockid_t id)
 {
     struct timespec ts;
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 /* splitmix64: one step of the generator whose state is *state. */
-static uint64_t
-mix64(uint64_t *state)
+uint64_t
+api_mix64(uint64_t *state)
 {
     uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
 
@@ -196,9 +196,9 @@ rng_next(struct api *a, uint64_t *local)
     uint64_t v;
 
     if (local)
-        return mix64(local);
+        return api_mix64(local);
     pthread_mutex_lock(&a->lock);
-    v = mix64(&a->rng);
+    v = api_mix64(&a->rng);
     pthread_mutex_unlock(&a->lock);
     return v;
 }
@@ -219,7 +219,7 @@ api_new(const struct scenario *sc, struct imagegen *ig)
         return NULL;
     a->sc = sc;
     a->ig = ig;
-    a->start_ms = now_ms();
+    a->start_ms = api_clock_ms(CLOCK_MONOTONIC);
     a->rng = sc->seed;
     pthread_mutex_init(&a->lock, NULL);
     return a;
@@ -895,7 +895,7 @@ describe_prompt(const struct ask *ask, struct api_reply *r,
 static int
 outage_now(struct api *a)
 {
-    uint64_t now = now_ms();
+    uint64_t now = api_clock_ms(CLOCK_MONOTONIC);
     double elapsed_s = (double)(now - a->start_ms) / 1000.0;
     int status = 0;
 
@@ -930,7 +930,7 @@ quota_take(struct api *a, const char *model, long *retry_ms)
 {
     struct quota *q = &a->quotas[model_index(a, model)];
     long rpm = a->sc->rpm, rpd = a->sc->rpd;
-    uint64_t now = now_ms();
+    uint64_t now = api_clock_ms(CLOCK_MONOTONIC);
     int verdict = 0;
 
     pthread_mutex_lock(&a->lock);
@@ -983,7 +983,8 @@ api_set_outage(struct api *a, double seconds, int status)
          status != 502 && status != 503 && status != 504))
         return -1;
     pthread_mutex_lock(&a->lock);
-    a->outage_until_ms = now_ms() + (uint64_t)(seconds * 1000.0);
+    a->outage_until_ms = api_clock_ms(CLOCK_MONOTONIC) +
+        (uint64_t)(seconds * 1000.0);
     a->outage_status = status;
     pthread_mutex_unlock(&a->lock);
     return 0;

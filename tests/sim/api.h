@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "tests/sim/scenario.h"
 
@@ -90,6 +91,11 @@ struct api *api_new(const struct scenario *sc, struct imagegen *ig);
 
 /* Accepts NULL. */
 void api_free(struct api *a);
+
+/* Milliseconds of clock id (CLOCK_MONOTONIC, CLOCK_REALTIME). */
+uint64_t api_clock_ms(clockid_t id);
+/* splitmix64: the next value of the generator whose state is *state. */
+uint64_t api_mix64(uint64_t *state);
 
 /* Decides POST /v1beta/models/{model}:generateContent.  model and key
  * (NULL when the request had none) and the body (len bytes, need not be

@@ -145,25 +145,6 @@ struct batch_stream {
 
 /* --- small helpers ----------------------------------------------------- */
 
-static uint64_t
-clock_ms(clockid_t id)
-{
-    struct timespec ts;
-
-    clock_gettime(id, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static uint64_t
-mix64(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* A seed that depends only on the scenario seed, a batch, a line and a
  * purpose, so a rerun of the same scenario gives the same results. */
 static uint64_t
@@ -171,16 +152,16 @@ seed_of(const struct batch *bs, long ordinal, size_t line, uint64_t salt)
 {
     uint64_t s = bs->sc->seed ^ salt;
 
-    s ^= mix64(&s) + (uint64_t)ordinal * 0xD1B54A32D192ED03ull;
-    s ^= mix64(&s) + (uint64_t)line * 0x8CB92BA72F3D8DD7ull;
-    return mix64(&s);
+    s ^= api_mix64(&s) + (uint64_t)ordinal * 0xD1B54A32D192ED03ull;
+    s ^= api_mix64(&s) + (uint64_t)line * 0x8CB92BA72F3D8DD7ull;
+    return api_mix64(&s);
 }
 
 /* Uniform in [0, 1) from the shared generator; lock held. */
 static double
 unit_locked(struct batch *bs)
 {
-    return (double)(mix64(&bs->rng) >> 11) / 9007199254740992.0;
+    return (double)(api_mix64(&bs->rng) >> 11) / 9007199254740992.0;
 }
 
 /* Lower-case letters and digits; lock held. */
@@ -190,7 +171,7 @@ random_name_locked(struct batch *bs, char *out, size_t len)
     static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
 
     for (size_t i = 0; i + 1 < len; i++)
-        out[i] = alphabet[mix64(&bs->rng) % (sizeof alphabet - 1)];
+        out[i] = alphabet[api_mix64(&bs->rng) % (sizeof alphabet - 1)];
     out[len - 1] = '\0';
 }
 
@@ -295,7 +276,7 @@ gates(struct batch *bs, const struct batch_call *c, double fault_rate,
         return rc;
     pthread_mutex_lock(&bs->lock);
     faulty = unit_locked(bs) < fault_rate;
-    code = mix64(&bs->rng) & 1 ? 502 : 503;
+    code = api_mix64(&bs->rng) & 1 ? 502 : 503;
     pthread_mutex_unlock(&bs->lock);
     if (!faulty)
         return 0;
@@ -314,8 +295,8 @@ batch_new(const struct scenario *sc, struct api *api)
     bs->sc = sc;
     bs->api = api;
     bs->rng = sc->seed ^ 0x6261746368ull;
-    bs->mono_to_wall_ms = clock_ms(CLOCK_REALTIME) -
-                          clock_ms(CLOCK_MONOTONIC);
+    bs->mono_to_wall_ms = api_clock_ms(CLOCK_REALTIME) -
+                          api_clock_ms(CLOCK_MONOTONIC);
     pthread_mutex_init(&bs->lock, NULL);
     return bs;
 }
@@ -553,7 +534,7 @@ upload_start(struct batch *bs, const struct batch_call *c,
     }
     f->announced = c->upload_length ? (int64_t)length : -1;
     f->fd = temp_fd();
-    f->create_wall_ms = f->update_wall_ms = clock_ms(CLOCK_REALTIME);
+    f->create_wall_ms = f->update_wall_ms = api_clock_ms(CLOCK_REALTIME);
     pthread_mutex_lock(&bs->lock);
     rc = f->fd >= 0 ? grow((void ***)&bs->files, bs->nfiles,
                            &bs->files_cap) : -1;
@@ -681,7 +662,7 @@ upload_step_locked(struct batch *bs, struct file *f, int words,
         }
         if (append_chunk(f, c) < 0)
             return -1;
-        f->update_wall_ms = clock_ms(CLOCK_REALTIME);
+        f->update_wall_ms = api_clock_ms(CLOCK_REALTIME);
     }
     if (!(words & CMD_FINALIZE))
         return 0;
@@ -1378,7 +1359,7 @@ batch_create(struct batch *bs, const struct batch_call *c,
     json_t *shas = json_array(), *op = NULL;
     char message[512] = "";
     int rc, lost = 0, reset = 0;
-    uint64_t now = clock_ms(CLOCK_MONOTONIC);
+    uint64_t now = api_clock_ms(CLOCK_MONOTONIC);
 
     rc = api_gate_key(bs->api, c->key, r);
     if (!rc)
@@ -1402,7 +1383,7 @@ batch_create(struct batch *bs, const struct batch_call *c,
         rc = publish_locked(bs, j, now);
     if (!rc) {
         lost = unit_locked(bs) < bs->sc->batch_create_lost;
-        reset = mix64(&bs->rng) & 1;
+        reset = api_mix64(&bs->rng) & 1;
         op = operation_json(bs, j, now, 0);
         j->refs++;              /* a delete may come at once */
     }
@@ -1439,7 +1420,7 @@ batch_get(struct batch *bs, const struct batch_call *c,
     j = job_find_locked(bs, c->id);
     if (j) {
         j->refs++;
-        op = operation_json(bs, j, clock_ms(CLOCK_MONOTONIC), 0);
+        op = operation_json(bs, j, api_clock_ms(CLOCK_MONOTONIC), 0);
     }
     pthread_mutex_unlock(&bs->lock);
     if (!j)
@@ -1477,7 +1458,7 @@ static json_t *
 page_locked(struct batch *bs, size_t size, long below, struct job **page,
             size_t *npage)
 {
-    uint64_t now = clock_ms(CLOCK_MONOTONIC);
+    uint64_t now = api_clock_ms(CLOCK_MONOTONIC);
     json_t *root = json_object(), *ops = json_array();
     size_t i = bs->njobs;
     char token[48];
@@ -1549,7 +1530,7 @@ batch_cancel(struct batch *bs, const struct batch_call *c,
              struct api_reply *r)
 {
     struct job *j;
-    uint64_t now = clock_ms(CLOCK_MONOTONIC);
+    uint64_t now = api_clock_ms(CLOCK_MONOTONIC);
     char name[64];
     int rc = gates(bs, c, 0, r);
 
@@ -1584,7 +1565,7 @@ batch_delete(struct batch *bs, const struct batch_call *c,
     for (size_t i = 0; i < bs->njobs; i++)
         if (strcmp(bs->jobs[i]->id, c->id) == 0) {
             j = bs->jobs[i];
-            settle_locked(bs, j, clock_ms(CLOCK_MONOTONIC));
+            settle_locked(bs, j, api_clock_ms(CLOCK_MONOTONIC));
             memmove(bs->jobs + i, bs->jobs + i + 1,
                     (bs->njobs - i - 1) * sizeof *bs->jobs);
             bs->njobs--;
@@ -1613,7 +1594,7 @@ results_of(struct batch *bs, const char *id, struct api_reply *r, int *rc)
     if (strncmp(id, "batch-", 6) == 0)
         j = job_find_locked(bs, id + 6);
     if (j && (!j->input_file[0] ||
-              settle_locked(bs, j, clock_ms(CLOCK_MONOTONIC)) !=
+              settle_locked(bs, j, api_clock_ms(CLOCK_MONOTONIC)) !=
               ST_SUCCEEDED))
         j = NULL;
     if (j) {
@@ -1718,7 +1699,7 @@ struct json_t *
 batch_stats(struct batch *bs)
 {
     struct counters n;
-    uint64_t now = clock_ms(CLOCK_MONOTONIC);
+    uint64_t now = api_clock_ms(CLOCK_MONOTONIC);
 
     pthread_mutex_lock(&bs->lock);
     for (size_t i = 0; i < bs->njobs; i++)
