@@ -117,9 +117,10 @@ check_dns(struct doctor *d, const char *base)
     return 0;
 }
 
-/* The model's supportedGenerationMethods include generateContent? */
+/* The model's supportedGenerationMethods include method?  -1 when the
+ * answer does not say. */
 static int
-supports_generate(const char *body)
+supports(const char *body, const char *method)
 {
     json_t *root = json_loads(body, 0, NULL), *methods, *m;
     size_t i;
@@ -132,7 +133,7 @@ supports_generate(const char *body)
         found = 0;
         json_array_foreach(methods, i, m) {
             if (json_is_string(m) &&
-                strcmp(json_string_value(m), "generateContent") == 0)
+                strcmp(json_string_value(m), method) == 0)
                 found = 1;
         }
     }
@@ -183,11 +184,18 @@ check_model(struct doctor *d, int have_key)
     if (hr.http_status == 200) {
         if (have_key)
             report(d, "key", 1, "accepted by the API");
-        if (supports_generate(body) == 0)
+        if (supports(body, "generateContent") == 0)
             report(d, "model", 0, "%s exists but does not offer "
                    "generateContent: pick an image model", d->model);
         else
             report(d, "model", 1, "%s is available", d->model);
+        /* Only a note: Batch mode is needed by `add --via batch` jobs. */
+        if (supports(body, "batchGenerateContent") == 1)
+            report(d, "batch", 1, "%s takes Batch mode "
+                   "(batchGenerateContent, half price)", d->model);
+        else if (supports(body, "batchGenerateContent") == 0)
+            report(d, "batch", -1, "%s does not offer batchGenerateContent: "
+                   "add its jobs without --via batch", d->model);
     } else {
         explain_error(d, hr.http_status == 404 ? "model" : "key", body, len,
                       &hr);

@@ -105,6 +105,7 @@ struct chunk {
     int64_t drain_since;
 
     int64_t next_ms;            /* when the next step is due */
+    int64_t poll_wait_ms;       /* between polls, growing */
     int64_t follow_renew_ms;
     int failures;               /* in a row, for backoff */
     struct chunk *next;
@@ -690,6 +691,20 @@ download(struct chunk *c)
     start(c, STEP_DOWNLOAD, "GET", path, NULL, 0, NULL);
 }
 
+/* The wait before the next poll: --batch-poll at first, a quarter longer
+ * each time up to four times that (a batch may run for a day). */
+static int64_t
+next_poll(struct chunk *c)
+{
+    int64_t base = c->rm->opt.poll_ms, cap = 4 * base;
+
+    c->poll_wait_ms = c->poll_wait_ms < base ? base
+                                             : c->poll_wait_ms * 5 / 4;
+    if (c->poll_wait_ms > cap)
+        c->poll_wait_ms = cap;
+    return c->poll_wait_ms;
+}
+
 /* The operation says the batch is in state: record it, and act. */
 static void
 batch_seen(struct chunk *c, const struct batchfmt_op *op)
@@ -740,7 +755,7 @@ batch_seen(struct chunk *c, const struct batchfmt_op *op)
         return;
     }
     record(c, &u);
-    c->next_ms = cli_now_ms() + c->rm->opt.poll_ms;
+    c->next_ms = cli_now_ms() + next_poll(c);
 }
 
 static void
@@ -762,7 +777,7 @@ submitted(struct chunk *c, const struct batchfmt_op *op)
     snprintf(c->remote_name, sizeof(c->remote_name), "%s", op->name);
     log_info("remote batch %s is %s (%s)", c->display, op->name,
              op->state_name[0] ? op->state_name : "created");
-    c->next_ms = cli_now_ms() + c->rm->opt.poll_ms;
+    c->next_ms = cli_now_ms() + next_poll(c);
 }
 
 /* ---- results ----------------------------------------------------------- */

@@ -38,13 +38,16 @@ echo "== nbbatch add samples"
 "$nbbatch" add --out "$work/out/styles" --model gemini-3-pro-image-preview \
     "$here/styles.jsonl"
 "$nbbatch" add --out "$work/out/options" "$here/options.txt"
-echo "== nbbatch run --workers 8"
+"$nbbatch" add --out "$work/out/overnight" --via batch "$here/overnight.txt"
+echo "== nbbatch run --workers 8 (direct requests and one remote batch)"
 status=0
-"$nbbatch" run --workers 8 || status=$?
+"$nbbatch" run --workers 8 --batch-poll 1 || status=$?
 echo "== nbbatch status"
 "$nbbatch" status
 echo "== images"
 find "$work/out" -name '*.png' | sort
 echo "== the simulator answered $(wc -l <"$work/sim.log") requests;" \
-    "$(grep -c '"image":true' "$work/sim.log" || :) carried an image"
+    "$(grep -c '"image":true' "$work/sim.log" || :) direct answers carried an" \
+    "image; $(grep -c '"kind":"batch_create"' "$work/sim.log" || :) remote" \
+    "batch made the Batch-mode images"
 exit $status

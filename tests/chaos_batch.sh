@@ -87,4 +87,12 @@ END {
     if (creates != chunks) { print "chaos: creates and chunks differ"; bad++ }
     exit (bad > 0 ? 1 : 0)
 }' sim.log
+lost=$(grep -c '"kind":"batch_create".*"lost":true' sim.log || :)
+found=$(grep -c 'created before the last stop' run.log || :)
+echo "chaos: $lost creates made the batch but answered 503 or reset;" \
+     "$found remote batches found again by display name (after such an" \
+     "answer or a kill)"
+echo "chaos: $(grep -c '"kind":"batch_download"' sim.log || :) downloads," \
+     "$(grep -c 'image already on disk' run.log || :) images written before" \
+     "a kill and recorded after it"
 echo "chaos: $jobs images via Batch mode, $kills kills: ok"

@@ -20,6 +20,7 @@ teardown() {
     [[ "$output" == *"dns        ok"* ]]
     [[ "$output" == *"connect    ok"* ]]
     [[ "$output" == *"model      ok"* ]]
+    [[ "$output" == *"batch      ok    gemini-2.5-flash-image takes Batch mode"* ]]
     [[ "$output" == *"generate   skip"* ]]
     [[ "$output" != *"sim-key"* ]]
     # models.get only: nothing was generated (nothing billed).

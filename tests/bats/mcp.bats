@@ -57,6 +57,8 @@ retry_delay_ms = 200"
     run "$PNGCHECK" --dir "$WORK/out/sdk" --expect 10 --prompts p.txt
     echo "$output"
     [ "$status" -eq 0 ]
+    echo "requests: $(wc -l < "$SIM_LOG"), faulty answers:" \
+         "$(sim_count '"kind":"fault')"
     [ "$(sim_count '"kind":"fault')" -gt 0 ]
 }
 
