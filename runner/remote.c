@@ -1407,8 +1407,9 @@ empty_chunk(const struct queue_remote *r, void *arg)
     struct cancel_pass *cp = arg;
     int64_t *grown;
 
-    if (r->counts[QUEUE_RUNNING] > 0)
-        return 0;       /* still holds jobs: the batch goes on */
+    if (r->counts[QUEUE_RUNNING] > 0 ||
+        strcmp(r->phase, QUEUE_REMOTE_COLLECTING) == 0)
+        return 0;       /* still holds jobs, or its results are in */
     if ((grown = realloc(cp->ids, (cp->n + 1) * sizeof(*grown))) == NULL) {
         cp->bad = 1;
         return 1;
