@@ -156,6 +156,7 @@ FUZZ_SRC = $(QUEUE_SRC) $(JOBS_SRC) runner/config.c runner/window.c \
 FUZZ_CFLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS)
 FUZZ_OBJ    = $(FUZZ_SRC:%.c=build/fuzz/obj/%.o)
 FUZZ_BIN    = $(FUZZERS:%=build/fuzz/%)
+.SECONDARY: $(FUZZ_OBJ)
 
 build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -32,7 +32,7 @@
 #define LINE_MAX_LEN 4096
 
 enum section { S_NONE, S_DEFAULTS, S_ENDPOINT, S_MODEL, S_OFFPEAK,
-               S_BREAKER };
+               S_BREAKER, S_BATCH };
 
 enum kind {
     K_INT,          /* whole number in [lo, hi] */
@@ -95,13 +95,16 @@ static const struct key_def keys[] = {
      1, 86400, 0},
     {S_BREAKER, "max_cooldown", K_MILLIS,
      IN(config, breaker.max_cooldown_ms), 1, 7 * 86400, 0},
+
+    {S_BATCH, "poll", K_MILLIS, IN(config, batch_poll_ms), 1, 86400, 0},
+    {S_BATCH, "chunk", K_INT, IN(config, batch_chunk), 1, 100000, 0},
 };
 
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 _Static_assert(N_KEYS <= 64, "a section's keys are one bit each");
 
 static const char *const section_names[] = {
-    "", "defaults", "endpoint", "model", "offpeak", "breaker"
+    "", "defaults", "endpoint", "model", "offpeak", "breaker", "batch"
 };
 
 struct parser {
@@ -115,7 +118,7 @@ struct parser {
     long section_line;
     unsigned long long seen;        /* keys set in this section */
     long seen_line[N_KEYS];
-    long single_line[6];            /* sections allowed once */
+    long single_line[S_BATCH + 1];  /* sections allowed once */
     long model_fallback_line[CONFIG_MAX_MODELS];
     long cooldown_line, max_cooldown_line;
     char *err;
@@ -462,13 +465,13 @@ parse_header(struct parser *p, char *s)
         return rc;
     snprintf(p->label, sizeof(p->label), "[%s%s%.*s]", s,
              arg[0] != '\0' ? " " : "", CONFIG_NAME_LEN, arg);
-    for (int i = S_DEFAULTS; i <= S_BREAKER; i++) {
+    for (int i = S_DEFAULTS; i <= S_BATCH; i++) {
         if (strcasecmp(s, section_names[i]) == 0)
             sect = (enum section)i;
     }
     if (sect == S_NONE)
         return fail(p, p->label, "unknown section (defaults, endpoint, "
-                    "model, offpeak, breaker)");
+                    "model, offpeak, breaker, batch)");
     if (arg[0] != '\0' && sect != S_ENDPOINT && sect != S_MODEL)
         return fail(p, p->label, "[%s] takes no name", section_names[sect]);
 

@@ -12,6 +12,7 @@
  *                    batch_discount
  *   [offpeak]        windows, tz
  *   [breaker]        failures, window, failure_rate, cooldown, max_cooldown
+ *   [batch]          poll, chunk                  (Batch mode)
  *
  * Section names and keys are case-insensitive, model ids are not.  A
  * value may be put in double quotes; " #" (blank then '#') outside quotes
@@ -89,6 +90,10 @@ struct config {
     char offpeak_tz[TZONE_NAME_MAX + 1];
 
     struct config_breaker breaker;  /* defaults filled in */
+
+    /* [batch]: Batch mode; 0 when unset */
+    int64_t batch_poll_ms;          /* poll */
+    int batch_chunk;                /* chunk */
 };
 
 /* Sets every field of *cfg to its unset value or default. */

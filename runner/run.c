@@ -1000,6 +1000,7 @@ remote_turn(struct run *r, int64_t mono)
     if (signal_count > 0 || r->fatal_status != 0) {
         /* Every step is taken again by the next run: stop now. */
         remote_abort(r->remote);
+        r->next_remote_mono = mono + IDLE_RECHECK_MS;
         return;
     }
     if (mono < r->next_remote_mono)
@@ -1241,6 +1242,10 @@ apply_config(struct run *r)
         r->opt.workers = r->cfg.workers > 0 ? r->cfg.workers : 4;
     if (r->opt.budget_usd == 0 && r->cfg.budget_usd > 0)
         r->opt.budget_usd = r->cfg.budget_usd;
+    if (r->opt.batch_poll_ms == 0)
+        r->opt.batch_poll_ms = r->cfg.batch_poll_ms;
+    if (r->opt.batch_chunk == 0)
+        r->opt.batch_chunk = r->cfg.batch_chunk;
     if (r->opt.timeout_ms == 0)
         r->opt.timeout_ms = (r->cfg.timeout_s > 0 ? r->cfg.timeout_s : 300)
             * (int64_t)1000;
@@ -1291,11 +1296,7 @@ setup_endpoints(struct run *r)
 static int
 setup(struct run *r, char **key)
 {
-    struct remote_opts ropt = {
-        .batch = r->opt.batch,
-        .poll_ms = r->opt.batch_poll_ms,
-        .chunk_jobs = r->opt.batch_chunk,
-    };
+    struct remote_opts ropt = {0};
     struct http_config cfg = {0};
     const char *source = NULL;
     char err[512];
@@ -1336,6 +1337,9 @@ setup(struct run *r, char **key)
         log_error("%s", err);
         return EXIT_CONFIG;
     }
+    ropt.batch = r->opt.batch;
+    ropt.poll_ms = r->opt.batch_poll_ms;
+    ropt.chunk_jobs = r->opt.batch_chunk;
     r->remote = remote_new(r->q, r->http, r->gate, r->owner, &ropt,
                            remote_result, r);
     if (r->remote == NULL)

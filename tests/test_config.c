@@ -108,7 +108,10 @@ test_full_file(void **state)
         "window = 50\n"
         "failure_rate = 0.25\n"
         "cooldown = 45\n"
-        "max_cooldown = 1h\n";
+        "max_cooldown = 1h\n"
+        "[batch]\n"
+        "poll = 20s\n"
+        "chunk = 50\n";
     struct config *cfg = malloc(sizeof(*cfg));
     const struct config_model *m;
     char err[512] = "", want[512];
@@ -165,6 +168,8 @@ test_full_file(void **state)
     assert_true(cfg->breaker.failure_rate == 0.25);
     assert_int_equal(cfg->breaker.cooldown_ms, 45000);
     assert_int_equal(cfg->breaker.max_cooldown_ms, 3600000);
+    assert_int_equal(cfg->batch_poll_ms, 20000);
+    assert_int_equal(cfg->batch_chunk, 50);
     free(cfg);
 }
 
