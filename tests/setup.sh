@@ -8,7 +8,13 @@ set -eu
 pkgs="build-essential pkg-config libcurl4-openssl-dev libjansson-dev \
 libpng-dev libsqlite3-dev libjpeg62-turbo-dev libmicrohttpd-dev libssl-dev \
 zlib1g-dev libcmocka-dev bats clang libclang-rt-14-dev faketime \
-nodejs npm ca-certificates"
+ca-certificates"
+# Node.js runs the MCP client test.  A machine may already have a Node.js
+# of its own (NodeSource's nodejs bundles npm and conflicts with Debian's
+# npm package), so Debian's are asked for only when node or npm is absent.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    pkgs="$pkgs nodejs npm"
+fi
 
 missing=""
 for lib in libcurl jansson libpng sqlite3 libjpeg libmicrohttpd libcrypto \
