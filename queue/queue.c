@@ -247,7 +247,7 @@ enum {
     S_BATCH_GET, S_BATCH_INSERT, S_BATCH_SEQ, S_BATCH_ADDED, S_BATCH_ID,
     S_BATCH_PAUSE,
     S_BATCH_EXISTS,
-    S_JOB_INSERT, S_JOB_BY_OUT, S_JOB_GET, S_JOB_STATE,
+    S_JOB_INSERT, S_JOB_BY_OUT, S_JOB_GET, S_JOB_BY_KEY, S_JOB_STATE,
     S_RENEW, S_CHECKPOINT,
     S_FIN_DONE, S_FIN_ERR, S_FIN_RELEASE, S_ATTEMPT_INSERT,
     S_MARK_DONE,
@@ -288,6 +288,7 @@ static const char *const stmt_sql[S_NSTMTS] = {
         " ON CONFLICT (key) DO NOTHING",
     [S_JOB_BY_OUT] = "SELECT id FROM jobs WHERE out_path = ?1",
     [S_JOB_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
+    [S_JOB_BY_KEY] = "SELECT " JOB_COLS " FROM jobs WHERE key = ?1",
     [S_JOB_STATE] = "SELECT state FROM jobs WHERE id = ?1",
     [S_RENEW] =
         "UPDATE jobs SET lease_expires_ms = ?2"
@@ -380,7 +381,7 @@ static const char *const stmt_sql[S_NSTMTS] = {
     [S_RETRY_JOB] =
         "UPDATE jobs SET state = 0, attempts_transient = 0,"
         " attempts_soft = 0, next_attempt_ms = ?1, updated_ms = ?1"
-        " WHERE id = ?2 AND state IN (3, 4)",
+        " WHERE id = ?2 AND state IN (3, 4, 5)",
     [S_RETRY_BATCH] =
         "UPDATE jobs SET state = 0, attempts_transient = 0,"
         " attempts_soft = 0, next_attempt_ms = ?1, updated_ms = ?1"
@@ -1355,24 +1356,49 @@ job_from_row(struct queue *q, sqlite3_stmt *st, struct queue_job **out)
     return 0;
 }
 
-int
-queue_get(struct queue *q, int64_t job_id, struct queue_job **job)
+/* The one job st (bound) selects; NB_ENOTFOUND naming what when none. */
+static int
+get_one(struct queue *q, sqlite3_stmt *st, const char *what,
+        struct queue_job **job)
 {
-    sqlite3_stmt *st = stmt(q, S_JOB_GET);
-    int rc;
+    int rc = sqlite3_step(st);
 
-    if (st == NULL)
-        return NB_EDB;
-    sqlite3_bind_int64(st, 1, job_id);
-    rc = sqlite3_step(st);
     if (rc == SQLITE_ROW)
         rc = job_from_row(q, st, job);
     else if (rc == SQLITE_DONE)
-        rc = set_err(q, NB_ENOTFOUND, "no job %lld", (long long)job_id);
+        rc = set_err(q, NB_ENOTFOUND, "no job %s", what);
     else
         rc = db_fail(q, "reading a job");
     sqlite3_reset(st);
     return rc;
+}
+
+int
+queue_get(struct queue *q, int64_t job_id, struct queue_job **job)
+{
+    sqlite3_stmt *st = stmt(q, S_JOB_GET);
+    char what[32];
+
+    if (st == NULL)
+        return NB_EDB;
+    sqlite3_bind_int64(st, 1, job_id);
+    snprintf(what, sizeof(what), "%lld", (long long)job_id);
+    return get_one(q, st, what, job);
+}
+
+int
+queue_get_by_key(struct queue *q, const char *key, struct queue_job **job)
+{
+    sqlite3_stmt *st;
+    unsigned char bin[32];
+
+    if (!unhex32(key, bin))
+        return set_err(q, NB_EINVAL, "job key is not 64 lowercase hex "
+                       "digits");
+    if ((st = stmt(q, S_JOB_BY_KEY)) == NULL)
+        return NB_EDB;
+    sqlite3_bind_blob(st, 1, bin, sizeof(bin), SQLITE_TRANSIENT);
+    return get_one(q, st, "with that key", job);
 }
 
 /* ---- claiming ----------------------------------------------------------- */

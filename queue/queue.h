@@ -267,6 +267,8 @@ int queue_list(struct queue *q, int state, const char *batch,
 
 /* Looks up one job; *job is owned by the caller. NB_ENOTFOUND if none. */
 int queue_get(struct queue *q, int64_t job_id, struct queue_job **job);
+/* Looks up the job with an idempotency key, in any batch; the same. */
+int queue_get_by_key(struct queue *q, const char *key, struct queue_job **job);
 
 /* One recorded attempt, borrowed for the callback's duration. */
 struct queue_attempt_row {
@@ -302,6 +304,8 @@ int queue_cancel(struct queue *q, int64_t job_id, const char *batch,
 /*
  * Puts failed and blocked jobs (one, or all of batch, or all when both are
  * unset) back to queued with their class counters reset; *n gets how many.
+ * A job named by its id is put back when cancelled as well: asking for
+ * one job by name undoes its cancel, a batch-wide retry does not.
  */
 int queue_retry(struct queue *q, int64_t job_id, const char *batch,
                 int64_t now_ms, int64_t *n);

@@ -1167,6 +1167,8 @@ cmd_retry(int argc, char **argv)
         rc = queue_fail(&o, q, rc);
     else if (id > 0 && n == 0)
         rc = explain_job(&o, q, id, "retried");
+    else if (id > 0)
+        printf("retried job %" PRId64 "\n", id);
     else
         printf("retried %" PRId64 " failed or blocked job%s\n", n,
                n == 1 ? "" : "s");

@@ -11,28 +11,32 @@
  * private JSON Lines file and runs this very binary (/proc/self/exe) as
  * `nbbatch add`, then as `nbbatch run --batch B --json`, the child's
  * events arriving on a pipe.  The jobs of a call are found by their keys,
- * computed as `add` computes them, so asking again for the same prompts
- * finds the same jobs (failed or blocked ones are put back in the queue).
- * A call is answered when all its jobs are finished, when its wait is
- * over (the run goes on in the background), or when its run stops for a
- * reason a person must act on (exit 78: the fix from advice.c; exit 75:
- * when the jobs will go).  The queue, not the event stream, is the truth:
- * a pending call is re-read from it on each event of its run and every
- * second, so jobs run by another `nbbatch run` on the same database count
- * as well, and a run that ended while jobs were still queued is started
- * again.
+ * computed as `add` computes them, in whatever batch they are (a key is
+ * unique in the queue), so asking again for the same prompts finds the
+ * same jobs (failed, blocked or cancelled ones are put back in the
+ * queue).  One run per batch serves every call with jobs in it.  A call
+ * is answered when all its jobs are finished, when its wait is over (the
+ * run goes on in the background), or when a run stops for a reason a
+ * person must act on (exit 78: the fix from advice.c; exit 75: when the
+ * jobs will go; a paused batch).  The queue, not the event stream, is
+ * the truth: a pending call is re-read from it on each event of its runs
+ * and every second, so jobs run by another `nbbatch run` on the same
+ * database count as well, and a run that ended while jobs were still
+ * queued is started again, less often each time nothing got done.
  *
  * One thread and poll(2) over stdin and the children's pipes: ping,
  * job_status and the rest are answered while images are being made.  On
  * end of input or SIGTERM the children get SIGTERM (they release their
  * jobs), are waited for, and the server exits 0.  The API key never
  * appears in an answer: it only passes to the children in the
- * environment, and every line sent is checked for it.
+ * environment or their key file, and every line sent is checked for the
+ * environment's keys and those of the key files.
  *
  * Choices: `add` runs as a child rather than in-process because it
  * prints its summary on stdout, our protocol channel, and it keeps one
  * code path for validation and naming; its "FILE:LINE: field" errors are
- * turned into "prompts[i]: field".  Batch "mcp" is the default so that
+ * turned into "prompts[i]: field".  The server waits for `add` (it reads
+ * only a private file and regular reference images, so it is short).  Batch "mcp" is the default so that
  * asking again finds the earlier jobs; images go to out/BATCH next to the
  * database, since an agent's working directory is often not writable.
  * Requests that come before initialize are answered all the same.
@@ -49,6 +53,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -59,7 +64,9 @@
 #include "queue/nberr.h"
 #include "queue/queue.h"
 #include "runner/advice.h"
+#include "runner/apikey.h"
 #include "runner/cli.h"
+#include "runner/config.h"
 #include "runner/log.h"
 #include "runner/mcp_proto.h"
 
@@ -67,6 +74,9 @@
 #define DEFAULT_BATCH     "mcp"
 #define CHECK_EVERY_MS    1000
 #define RESPAWN_AFTER_MS  1000
+#define RESPAWN_MAX_MS    60000
+#define STATUS_PAUSED     (-2)
+#define MAX_SECRETS       (CONFIG_MAX_ENDPOINTS + 2)
 #define STOP_GRACE_MS     10000
 #define CHILD_LINE_MAX    (1 << 20)
 #define TEXT_JOBS_MAX     100
@@ -78,9 +88,11 @@ struct linebuf {
     int discarding;             /* inside a line that was too long */
 };
 
-/* A `nbbatch run` child and what it said. */
+/* A `nbbatch run --batch B` child and what it said; one per batch at a
+ * time, shared by every call with jobs in B. */
 struct child {
     pid_t pid;
+    char batch[128];
     int out_fd, err_fd;         /* -1 once at end of file */
     struct linebuf out, err;
     int ended;                  /* its "end" event arrived */
@@ -90,20 +102,33 @@ struct child {
     struct child *next;
 };
 
+/* The run of one batch that a call's jobs wait on.  A prompt asked for
+ * before in another batch is found there (keys are unique in the whole
+ * queue), so one call may wait on runs of several batches. */
+struct call_run {
+    char batch[128];
+    struct child *child;        /* NULL while none runs */
+    int status;                 /* last exit status, -1 none, or
+                                   STATUS_PAUSED */
+    char reason[768];           /* why it stopped, when it said */
+    int64_t spawned_mono;
+    int64_t respawn_ms;         /* wait before the next start: grows while
+                                   runs end and nothing gets done */
+    int64_t queued;             /* the call's queued jobs in the batch */
+};
+
 /* A generate_images call waiting for its jobs. */
 struct call {
     json_t *id;                 /* owned */
     json_t *token;              /* owned progress token, or NULL */
-    char batch[128];
+    char batch[128];            /* the batch asked for */
     int64_t *job_ids;           /* sorted, owned */
     size_t n_jobs;
+    struct call_run *runs;      /* owned */
+    size_t n_runs;
     int64_t wait_ms;
     int64_t deadline_mono;
     int64_t next_check_mono;
-    int64_t spawned_mono;
-    struct child *child;        /* NULL once it exited */
-    int child_status;           /* its exit status, -1 while running */
-    char child_reason[768];     /* why it stopped, when it said */
     int64_t reported;           /* done count last sent as progress */
     struct call *next;
 };
@@ -121,6 +146,7 @@ struct server {
     int initialized;
     struct child *children;
     struct call *calls;
+    char *secrets[MAX_SECRETS]; /* keys from files, never sent */
 };
 
 static volatile sig_atomic_t stop_signal;
@@ -187,6 +213,8 @@ send_line(struct server *s, char *line)
     }
     redact(&line, getenv("GEMINI_API_KEY"));
     redact(&line, getenv("GOOGLE_API_KEY"));
+    for (int i = 0; i < MAX_SECRETS && s->secrets[i] != NULL; i++)
+        redact(&line, s->secrets[i]);
     log_debug("mcp: -> %.200s", line);
     if (write_all(STDOUT_FILENO, line, strlen(line)) != 0 ||
         write_all(STDOUT_FILENO, "\n", 1) != 0) {
@@ -202,12 +230,27 @@ send_error(struct server *s, const json_t *id, int code, const char *msg)
     send_line(s, mcp_proto_error(id, code, msg));
 }
 
+/* Sends result (stolen) as the answer to id; a request is answered even
+ * when its answer cannot be built. */
+static void
+send_result(struct server *s, const json_t *id, json_t *result)
+{
+    char *line = mcp_proto_result(id, result);
+
+    if (line == NULL) {
+        log_error("mcp: an answer could not be built");
+        send_error(s, id, MCP_INTERNAL_ERROR, "internal error: the answer "
+                   "could not be built (the server goes on)");
+        return;
+    }
+    send_line(s, line);
+}
+
 static void
 send_tool(struct server *s, const json_t *id, const char *text,
           json_t *structured, int is_error)
 {
-    send_line(s, mcp_proto_result(id, mcp_proto_tool_result(text, structured,
-                                                            is_error)));
+    send_result(s, id, mcp_proto_tool_result(text, structured, is_error));
 }
 
 /* "2026-12-03T22:00:00Z" */
@@ -420,6 +463,7 @@ child_out_line(const char *line, size_t len, int too_long, void *arg)
     json_decref(ev);
 }
 
+/* The running `nbbatch run` of batch, started when there is none. */
 static struct child *
 start_run(struct server *s, const char *batch)
 {
@@ -428,9 +472,14 @@ start_run(struct server *s, const char *batch)
     struct child *c;
     int n = 0;
 
+    for (c = s->children; c != NULL; c = c->next) {
+        if (!c->ended && strcmp(c->batch, batch) == 0)
+            return c;
+    }
     c = calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
+    snprintf(c->batch, sizeof(c->batch), "%s", batch);
     argv[n++] = s->exe;
     argv[n++] = "run";
     argv[n++] = "--db";
@@ -475,14 +524,18 @@ child_reap(struct server *s, struct child *c)
     log_info("mcp: nbbatch run (pid %ld) exited with status %d",
              (long)c->pid, status);
     for (struct call *k = s->calls; k != NULL; k = k->next) {
-        if (k->child != c)
-            continue;
-        k->child = NULL;
-        k->child_status = status;
-        snprintf(k->child_reason, sizeof(k->child_reason), "%s",
-                 c->stop_reason[0] ? c->stop_reason :
-                 c->last_error[0] ? c->last_error : c->last_note);
-        k->next_check_mono = 0;
+        for (size_t i = 0; i < k->n_runs; i++) {
+            struct call_run *r = &k->runs[i];
+
+            if (r->child != c)
+                continue;
+            r->child = NULL;
+            r->status = status;
+            snprintf(r->reason, sizeof(r->reason), "%s",
+                     c->stop_reason[0] ? c->stop_reason :
+                     c->last_error[0] ? c->last_error : c->last_note);
+            k->next_check_mono = 0;
+        }
     }
     for (pp = &s->children; *pp != c; pp = &(*pp)->next)
         ;
@@ -523,13 +576,18 @@ write_prompt_file(const struct mcp_gen_args *a, char *path, size_t len)
 {
     const char *tmp = getenv("TMPDIR");
     FILE *f = NULL;
-    int fd, rc = NB_EIO;
+    int fd, rc = NB_EIO, saved = EIO;
 
     snprintf(path, len, "%s/nbbatch-mcp-XXXXXX",
              tmp != NULL && *tmp ? tmp : "/tmp");
     fd = mkstemp(path);
-    if (fd < 0 || (f = fdopen(fd, "w")) == NULL)
+    if (fd < 0)
+        return NB_EIO;
+    if ((f = fdopen(fd, "w")) == NULL) {
+        saved = errno;
+        close(fd);
         goto fail;
+    }
     for (size_t i = 0; i < a->n_prompts; i++) {
         json_t *line = json_pack("{s:s, s:s, s:i}", "prompt", a->prompts[i],
                                  "model", a->model, "count", a->count);
@@ -550,19 +608,18 @@ write_prompt_file(const struct mcp_gen_args *a, char *path, size_t len)
         if (rc != 0)
             goto fail;
     }
-    fd = -1;
-    if (fclose(f) != 0) {
-        f = NULL;
-        goto fail;
-    }
-    return 0;
+    rc = fclose(f);
+    f = NULL;
+    if (rc == 0)
+        return 0;
+    saved = errno;
 fail:
-    if (f != NULL)
+    if (f != NULL) {
+        saved = errno;
         fclose(f);
-    else if (fd >= 0)
-        close(fd);
-    if (fd >= 0 || f != NULL || path[0] != '\0')
-        unlink(path);
+    }
+    unlink(path);
+    errno = saved;
     return NB_EIO;
 }
 
@@ -578,7 +635,7 @@ run_add(struct server *s, const struct mcp_gen_args *a, const char *batch,
     char file[PATH_MAX], *argv[12];
     struct child c = {0};
     const char *text, *rest;
-    int status, n = 0;
+    int status, n = 0, stopped = 0;
     long line = 0;
     size_t flen;
 
@@ -604,9 +661,21 @@ run_add(struct server *s, const struct mcp_gen_args *a, const char *batch,
         snprintf(msg, len, "cannot start nbbatch add");
         return NB_EIO;
     }
-    while (linebuf_read(c.err_fd, &c.err, CHILD_LINE_MAX, child_err_line,
-                        &c) == 0)
-        ;
+    /* add reads only the private file and files checked to be regular,
+     * so it is short; a SIGTERM meanwhile still stops it and us. */
+    for (;;) {
+        struct pollfd p = {.fd = c.err_fd, .events = POLLIN};
+
+        if (stop_signal != 0 && !stopped) {
+            kill(c.pid, SIGTERM);
+            stopped = 1;
+        }
+        if (poll(&p, 1, 200) <= 0)
+            continue;
+        if (linebuf_read(c.err_fd, &c.err, CHILD_LINE_MAX, child_err_line,
+                         &c) != 0)
+            break;
+    }
     close(c.err_fd);
     linebuf_free(&c.err);
     status = wait_status(c.pid);
@@ -635,16 +704,10 @@ run_add(struct server *s, const struct mcp_gen_args *a, const char *batch,
 
 /* ---- finding a call's jobs -------------------------------------------- */
 
-struct keyed {
-    char key[65];
-    int64_t id;
-};
-
 static int
-keyed_cmp(const void *x, const void *y)
+key_cmp(const void *x, const void *y)
 {
-    return strcmp(((const struct keyed *)x)->key,
-                  ((const struct keyed *)y)->key);
+    return strcmp(x, y);
 }
 
 static int
@@ -655,38 +718,43 @@ id_cmp(const void *x, const void *y)
     return (a > b) - (a < b);
 }
 
-struct find {
-    struct keyed *keys;
-    size_t n;
-};
-
+/* Adds batch to k's runs unless it is there. */
 static int
-find_cb(const struct queue_job *job, void *arg)
+call_add_run(struct call *k, const char *batch)
 {
-    struct find *f = arg;
-    struct keyed probe, *hit;
+    struct call_run *r;
 
-    snprintf(probe.key, sizeof(probe.key), "%s", job->key);
-    hit = bsearch(&probe, f->keys, f->n, sizeof(*f->keys), keyed_cmp);
-    if (hit != NULL)
-        hit->id = job->id;
+    for (size_t i = 0; i < k->n_runs; i++) {
+        if (strcmp(k->runs[i].batch, batch) == 0)
+            return 0;
+    }
+    r = realloc(k->runs, (k->n_runs + 1) * sizeof(*r));
+    if (r == NULL)
+        return NB_ENOMEM;
+    k->runs = r;
+    r = &k->runs[k->n_runs++];
+    memset(r, 0, sizeof(*r));
+    snprintf(r->batch, sizeof(r->batch), "%s", batch);
+    r->status = -1;
+    r->respawn_ms = RESPAWN_AFTER_MS;
     return 0;
 }
 
 /*
- * The ids of the call's jobs, sorted and without repeats, from the keys
- * `add` gave them.  msg says why on failure.
+ * The call's jobs, from the keys `add` gave them: their ids (sorted, no
+ * repeats: the same prompt twice is one job) and the batches they are in.
+ * A job asked for before in another batch is that job: keys are unique
+ * in the whole queue.  msg says why on failure.
  */
 static int
-find_jobs(struct server *s, const struct mcp_gen_args *a, const char *batch,
-          int64_t **ids, size_t *n_ids, char *msg, size_t len)
+find_jobs(struct server *s, const struct mcp_gen_args *a, struct call *k,
+          char *msg, size_t len)
 {
     const char *hexes[16];
-    char ref_hex[16][65];
+    char ref_hex[16][65], (*keys)[65];
     const char *mime;
-    struct find f = {0};
-    size_t n = 0;
-    int rc;
+    size_t n, n_keys = 0;
+    int rc = 0;
 
     for (size_t r = 0; r < a->n_refs && r < 16; r++) {
         if (jobkey_file(a->refs[r], ref_hex[r], &mime) != 0) {
@@ -696,53 +764,49 @@ find_jobs(struct server *s, const struct mcp_gen_args *a, const char *batch,
         }
         hexes[r] = ref_hex[r];
     }
-    f.n = a->n_prompts * (size_t)a->count;
-    f.keys = calloc(f.n, sizeof(*f.keys));
-    *ids = calloc(f.n, sizeof(**ids));
-    if (f.keys == NULL || *ids == NULL) {
-        rc = NB_ENOMEM;
-        goto fail;
+    n = a->n_prompts * (size_t)a->count;
+    keys = calloc(n, sizeof(*keys));
+    k->job_ids = calloc(n, sizeof(*k->job_ids));
+    if (keys == NULL || k->job_ids == NULL) {
+        snprintf(msg, len, "out of memory");
+        free(keys);
+        return NB_ENOMEM;
     }
     for (size_t i = 0; i < a->n_prompts; i++)
-        for (int k = 0; k < a->count; k++)
+        for (int c = 0; c < a->count; c++)
             jobkey_compute(a->model, a->prompts[i], a->aspect, a->size,
-                           hexes, a->n_refs, k,
-                           f.keys[i * (size_t)a->count + (size_t)k].key);
-    qsort(f.keys, f.n, sizeof(*f.keys), keyed_cmp);
-    rc = queue_list(s->q, -1, batch, 0, 0, find_cb, &f);
-    if (rc != 0)
-        goto fail;
-    for (size_t i = 0; i < f.n; i++) {
-        if (f.keys[i].id <= 0) {
-            snprintf(msg, len, "a job added to batch %s cannot be found "
-                     "in the queue", batch);
-            rc = NB_ENOTFOUND;
-            goto fail;
+                           hexes, a->n_refs, c,
+                           keys[i * (size_t)a->count + (size_t)c]);
+    qsort(keys, n, sizeof(*keys), key_cmp);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        struct queue_job *job = NULL;
+
+        if (i > 0 && strcmp(keys[i], keys[n_keys - 1]) == 0)
+            continue;
+        memmove(keys[n_keys++], keys[i], sizeof(*keys));
+        rc = queue_get_by_key(s->q, keys[n_keys - 1], &job);
+        if (rc == 0) {
+            k->job_ids[k->n_jobs++] = job->id;
+            rc = call_add_run(k, job->batch);
         }
-        (*ids)[n++] = f.keys[i].id;
+        queue_job_free(job);
     }
-    qsort(*ids, n, sizeof(**ids), id_cmp);
-    *n_ids = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (*n_ids == 0 || (*ids)[*n_ids - 1] != (*ids)[i])
-            (*ids)[(*n_ids)++] = (*ids)[i];
-    }
-    free(f.keys);
-    return 0;
-fail:
-    if (rc != NB_ENOTFOUND)
+    free(keys);
+    if (rc == NB_ENOTFOUND)
+        snprintf(msg, len, "a job just added cannot be found in the queue "
+                 "(was it deleted meanwhile?); call again");
+    else if (rc != 0)
         snprintf(msg, len, "queue: %s", rc == NB_ENOMEM ? "out of memory"
                  : queue_errmsg(s->q));
-    free(f.keys);
-    free(*ids);
-    *ids = NULL;
+    if (rc == 0)
+        qsort(k->job_ids, k->n_jobs, sizeof(*k->job_ids), id_cmp);
     return rc;
 }
 
 /* ---- the state of a call's jobs ----------------------------------------- */
 
 struct tally {
-    const struct call *call;
+    struct call *call;
     int64_t now_ms;
     int64_t counts[QUEUE_NSTATES];
     json_t *paths;              /* when building the answer */
@@ -762,20 +826,22 @@ is_finished(int state)
 static json_t *
 job_json(const struct queue_job *j, int64_t now_ms)
 {
-    json_t *o = json_pack("{s:I, s:s, s:s, s:s, s:i}", "job_id",
-                          (json_int_t)j->id, "batch", j->batch, "state",
-                          queue_state_name(j->state), "prompt", j->prompt,
-                          "attempts", j->attempts);
+    json_t *o = json_pack("{s:I, s:o, s:s, s:o, s:i}", "job_id",
+                          (json_int_t)j->id, "batch",
+                          mcp_proto_text(j->batch), "state",
+                          queue_state_name(j->state), "prompt",
+                          mcp_proto_text(j->prompt), "attempts",
+                          j->attempts);
     char when[40];
 
     if (o == NULL)
         return NULL;
     if (j->state == QUEUE_DONE)
-        json_object_set_new(o, "path", json_string(j->out_path));
+        json_object_set_new(o, "path", mcp_proto_text(j->out_path));
     if (j->err_message != NULL && j->state != QUEUE_DONE)
         json_object_set_new(o, "last_error", json_pack(
-            "{s:s?, s:i, s:s}", "class", j->err_class, "http_status",
-            j->err_http, "message", j->err_message));
+            "{s:s?, s:i, s:o}", "class", j->err_class, "http_status",
+            j->err_http, "message", mcp_proto_text(j->err_message)));
     if (j->state == QUEUE_QUEUED && j->next_attempt_ms > now_ms) {
         iso_time(j->next_attempt_ms, when, sizeof(when));
         json_object_set_new(o, "next_attempt_at", json_string(when));
@@ -796,32 +862,34 @@ note_failure(struct tally *t, const struct queue_job *j)
              j->err_message != NULL ? j->err_message : "no reason given");
 }
 
-static int
-tally_cb(const struct queue_job *j, void *arg)
+static void
+tally_job(struct tally *t, const struct queue_job *j)
 {
-    struct tally *t = arg;
-
-    if (bsearch(&j->id, t->call->job_ids, t->call->n_jobs,
-                sizeof(int64_t), id_cmp) == NULL)
-        return 0;
     if (j->state >= 0 && j->state < QUEUE_NSTATES)
         t->counts[j->state]++;
+    for (size_t i = 0; j->state == QUEUE_QUEUED && i < t->call->n_runs;
+         i++) {
+        if (strcmp(t->call->runs[i].batch, j->batch) == 0)
+            t->call->runs[i].queued++;
+    }
     if (t->jobs == NULL)
-        return 0;
+        return;
     json_array_append_new(t->jobs, job_json(j, t->now_ms));
     if (j->state == QUEUE_DONE)
-        json_array_append_new(t->paths, json_string(j->out_path));
+        json_array_append_new(t->paths, mcp_proto_text(j->out_path));
     else if (!is_finished(j->state))
         json_array_append_new(t->pending, json_integer(j->id));
     else
         note_failure(t, j);
-    return 0;
 }
 
+/* Reads the state of k's jobs, one by one: a call's jobs are few next to
+ * the queue, and may be in several batches. */
 static int
-tally_call(struct server *s, const struct call *k, struct tally *t,
-           int detail)
+tally_call(struct server *s, struct call *k, struct tally *t, int detail)
 {
+    int rc = 0;
+
     memset(t, 0, sizeof(*t));
     t->call = k;
     t->now_ms = cli_now_ms();
@@ -830,7 +898,19 @@ tally_call(struct server *s, const struct call *k, struct tally *t,
         t->pending = json_array();
         t->jobs = json_array();
     }
-    return queue_list(s->q, -1, k->batch, 0, 0, tally_cb, t);
+    for (size_t i = 0; i < k->n_runs; i++)
+        k->runs[i].queued = 0;
+    for (size_t i = 0; i < k->n_jobs && rc == 0; i++) {
+        struct queue_job *j = NULL;
+
+        rc = queue_get(s->q, k->job_ids[i], &j);
+        if (rc == 0)
+            tally_job(t, j);
+        else if (rc == NB_ENOTFOUND)
+            rc = 0;
+        queue_job_free(j);
+    }
+    return rc;
 }
 
 static int64_t
@@ -897,11 +977,41 @@ clean_reason(const char *in, char *out, size_t len)
         out[0] = (char)(out[0] - 'a' + 'A');
 }
 
+/* A run that ended for a reason other than "all done": it decides the
+ * call's answer. */
+static int
+run_stopped(const struct call_run *r)
+{
+    return r->child == NULL && r->status != -1 && r->status != EXIT_OK &&
+           r->status != EXIT_SOME_FAILED;
+}
+
+/* The run that decides the answer: a configuration error first (it needs
+ * a person), then any other stop; NULL when none stopped. */
+static const struct call_run *
+deciding_run(const struct call *k)
+{
+    const struct call_run *found = NULL;
+
+    for (size_t i = 0; i < k->n_runs; i++) {
+        const struct call_run *r = &k->runs[i];
+
+        if (!run_stopped(r))
+            continue;
+        if (r->status == EXIT_CONFIG)
+            return r;
+        if (found == NULL)
+            found = r;
+    }
+    return found;
+}
+
 /* Why the call ends before its jobs, and what to do, or NULL. */
 static void
 stop_advice(const struct call *k, const struct tally *t, char *why,
             size_t len, int *is_error)
 {
+    const struct call_run *r = deciding_run(k);
     int64_t left = unfinished(t);
     char reason[768];
 
@@ -909,36 +1019,43 @@ stop_advice(const struct call *k, const struct tally *t, char *why,
     why[0] = '\0';
     if (left == 0)
         return;
-    clean_reason(k->child_reason, reason, sizeof(reason));
-    if (k->child == NULL && k->child_status == EXIT_CONFIG) {
-        *is_error = 1;
+    if (r == NULL) {
+        snprintf(why, len, "Jobs not finished within the wait of %.0f s go "
+                 "on in the background while this server runs: %lld "
+                 "job%s (ids in pending_job_ids).  Call job_status with "
+                 "batch \"%s\" or those job ids for their images later.",
+                 (double)k->wait_ms / 1000.0, (long long)left,
+                 left == 1 ? "" : "s", k->batch);
+        return;
+    }
+    *is_error = 1;
+    clean_reason(r->reason, reason, sizeof(reason));
+    if (r->status == STATUS_PAUSED) {
+        snprintf(why, len, "Batch \"%s\" is paused: its unfinished jobs "
+                 "(%lld) stay queued and no run takes them.  Resume it "
+                 "(`nbbatch resume %s`), then call generate_images again "
+                 "with the same arguments: the queued jobs are reused.",
+                 r->batch, (long long)left, r->batch);
+    } else if (r->status == EXIT_CONFIG) {
         snprintf(why, len, "The run stopped: %s\nUnfinished jobs (%lld) "
                  "stay queued in batch \"%s\" and nothing was paid for "
                  "them.  Fix this, then call generate_images again with "
-                 "the same arguments: the queued jobs are reused.", reason,
-                 (long long)left, k->batch);
-    } else if (k->child == NULL && k->child_status == EXIT_TEMPFAIL) {
-        *is_error = 1;
+                 "the same arguments: the queued jobs are reused.  When a "
+                 "setting of some jobs is the cause (an unknown model, "
+                 "say), cancel those jobs (cancel with their job_ids) and "
+                 "the others go on.", reason, (long long)left, r->batch);
+    } else if (r->status == EXIT_TEMPFAIL) {
         snprintf(why, len, "Not finished: %lld job%s.  %s%s\nThey stay "
                  "queued in batch \"%s\" and go when that is over: call "
                  "generate_images again then with the same arguments "
                  "(nothing is made twice), or job_status to see them.",
                  (long long)left, left == 1 ? "" : "s", reason,
-                 advice_stop(reason), k->batch);
-    } else if (k->child == NULL && k->child_status != EXIT_OK &&
-               k->child_status != EXIT_SOME_FAILED) {
-        *is_error = 1;
+                 advice_stop(reason), r->batch);
+    } else {
         snprintf(why, len, "The run failed (exit status %d): %s\n"
                  "Unfinished jobs (%lld) stay queued in batch \"%s\"; call "
-                 "generate_images again to go on.", k->child_status, reason,
-                 (long long)left, k->batch);
-    } else {
-        snprintf(why, len, "Jobs not finished within the wait of %.0f s go "
-                 "on in the background: %lld job%s (ids in "
-                 "pending_job_ids).  Call job_status with batch \"%s\" or "
-                 "those job ids for their images later.",
-                 (double)k->wait_ms / 1000.0, (long long)left,
-                 left == 1 ? "" : "s", k->batch);
+                 "generate_images again to go on.", r->status, reason,
+                 (long long)left, r->batch);
     }
 }
 
@@ -950,6 +1067,7 @@ call_free(struct call *k)
     json_decref(k->id);
     json_decref(k->token);
     free(k->job_ids);
+    free(k->runs);
     free(k);
 }
 
@@ -983,7 +1101,8 @@ call_answer(struct server *s, struct call *k)
     if (t.counts[QUEUE_DONE] == 0 && unfinished(&t) == 0)
         is_error = 1;
     text = call_text(k, &t, why[0] ? why : NULL);
-    data = json_pack("{s:s, s:I, s:I, s:O, s:O, s:O}", "batch", k->batch,
+    data = json_pack("{s:o, s:I, s:I, s:O, s:O, s:O}", "batch",
+                     mcp_proto_text(k->batch),
                      "total", (json_int_t)k->n_jobs, "done",
                      (json_int_t)t.counts[QUEUE_DONE], "paths", t.paths,
                      "pending_job_ids", t.pending, "jobs", t.jobs);
@@ -1012,17 +1131,68 @@ send_progress(struct server *s, struct call *k, int64_t done)
         (json_int_t)done, "total", (json_int_t)k->n_jobs, "message", msg)));
 }
 
+/* Whether batch is paused (a paused batch's jobs are not claimed). */
+static int
+paused_cb(const struct queue_batch_status *b, void *arg)
+{
+    *(int *)arg = b->paused;
+    return 0;
+}
+
+static int
+batch_paused(struct server *s, const char *batch)
+{
+    int paused = 0;
+
+    if (queue_status(s->q, batch, paused_cb, &paused) != 0)
+        return 0;
+    return paused;
+}
+
+/*
+ * Starts the runs a call waits on that are not running while the call
+ * has queued jobs in their batch: at once for a new call, and again for
+ * a run that ended while jobs were still queued (added as it finished, or
+ * let go by another run), after a wait that doubles each time nothing got
+ * done in between.  A paused batch is not run: the call is told.
+ */
+static void
+call_start_runs(struct server *s, struct call *k, int64_t mono,
+                int progressed)
+{
+    for (size_t i = 0; i < k->n_runs; i++) {
+        struct call_run *r = &k->runs[i];
+
+        if (progressed)
+            r->respawn_ms = RESPAWN_AFTER_MS;
+        if (r->child != NULL || r->queued == 0 || run_stopped(r) ||
+            (r->status != -1 && mono - r->spawned_mono < r->respawn_ms))
+            continue;
+        if (batch_paused(s, r->batch)) {
+            r->status = STATUS_PAUSED;
+            continue;
+        }
+        if (r->status != -1 && r->respawn_ms < RESPAWN_MAX_MS)
+            r->respawn_ms *= 2;
+        r->spawned_mono = mono;
+        r->child = start_run(s, r->batch);
+        r->status = r->child != NULL ? -1 : EXIT_SOFTWARE;
+        r->reason[0] = '\0';
+        if (r->child == NULL)
+            snprintf(r->reason, sizeof(r->reason), "nbbatch run could not "
+                     "be started");
+    }
+}
+
 /*
  * Looks at a call's jobs: progress, and the answer when they are all
- * finished, the wait is over or the run stopped for good.  A run that
- * ended with jobs still queued (they were added as it finished, or
- * another run let them go) is started again.
+ * finished, the wait is over or a run stopped for good.
  */
 static void
 call_check(struct server *s, struct call *k, int64_t mono)
 {
     struct tally t;
-    int fatal;
+    int64_t before = k->reported;
 
     k->next_check_mono = mono + CHECK_EVERY_MS;
     if (tally_call(s, k, &t, 0) != 0) {
@@ -1030,19 +1200,13 @@ call_check(struct server *s, struct call *k, int64_t mono)
         return;
     }
     send_progress(s, k, t.counts[QUEUE_DONE]);
-    fatal = k->child == NULL && k->child_status != EXIT_OK &&
-            k->child_status != EXIT_SOME_FAILED;
-    if (unfinished(&t) == 0 || fatal || mono >= k->deadline_mono) {
+    if (unfinished(&t) == 0) {
         call_answer(s, k);
         return;
     }
-    if (k->child == NULL && t.counts[QUEUE_QUEUED] > 0 &&
-        mono - k->spawned_mono >= RESPAWN_AFTER_MS) {
-        k->spawned_mono = mono;
-        k->child = start_run(s, k->batch);
-        k->child_status = -1;
-        k->child_reason[0] = '\0';
-    }
+    call_start_runs(s, k, mono, k->reported > before);
+    if (deciding_run(k) != NULL || mono >= k->deadline_mono)
+        call_answer(s, k);
 }
 
 /* Checks at once every call that waits on child c. */
@@ -1050,8 +1214,10 @@ static void
 mark_calls(struct server *s, struct child *c)
 {
     for (struct call *k = s->calls; k != NULL; k = k->next) {
-        if (k->child == c)
-            k->next_check_mono = 0;
+        for (size_t i = 0; i < k->n_runs; i++) {
+            if (k->runs[i].child == c)
+                k->next_check_mono = 0;
+        }
     }
 }
 
@@ -1068,8 +1234,8 @@ gen_refused(struct server *s, const json_t *id, const char *why)
     send_tool(s, id, text, NULL, 1);
 }
 
-/* Puts the call's failed and blocked jobs back in the queue: asking again
- * is asking for another try. */
+/* Puts the call's failed, blocked and cancelled jobs back in the queue:
+ * asking again is asking for another try. */
 static void
 retry_finished(struct server *s, const int64_t *ids, size_t n)
 {
@@ -1079,7 +1245,8 @@ retry_finished(struct server *s, const int64_t *ids, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (queue_get(s->q, ids[i], &job) != 0)
             continue;
-        if (job->state == QUEUE_FAILED || job->state == QUEUE_BLOCKED)
+        if (job->state == QUEUE_FAILED || job->state == QUEUE_BLOCKED ||
+            job->state == QUEUE_CANCELLED)
             queue_retry(s->q, ids[i], NULL, cli_now_ms(), &count);
         queue_job_free(job);
     }
@@ -1102,9 +1269,16 @@ tool_generate(struct server *s, const struct mcp_msg *m, const json_t *args,
     batch = a.batch != NULL ? a.batch : DEFAULT_BATCH;
     snprintf(out_dir, sizeof(out_dir), "%s/%s", s->out_root, batch);
     for (size_t i = 0; i < a.n_refs; i++) {
-        if (access(a.refs[i], R_OK) != 0) {
+        struct stat st;
+        const char *why = NULL;
+
+        if (stat(a.refs[i], &st) != 0 || access(a.refs[i], R_OK) != 0)
+            why = strerror(errno);
+        else if (!S_ISREG(st.st_mode))
+            why = "not a regular file";
+        if (why != NULL) {
             snprintf(err, sizeof(err), "reference_images[%zu]: cannot read "
-                     "%.3000s: %s", i, a.refs[i], strerror(errno));
+                     "%.800s: %s", i, a.refs[i], why);
             gen_refused(s, m->id, err);
             goto done;
         }
@@ -1115,8 +1289,7 @@ tool_generate(struct server *s, const struct mcp_msg *m, const json_t *args,
         goto done;
     }
     k = calloc(1, sizeof(*k));
-    if (k == NULL || find_jobs(s, &a, batch, &k->job_ids, &k->n_jobs, err,
-                               sizeof(err)) != 0) {
+    if (k == NULL || find_jobs(s, &a, k, err, sizeof(err)) != 0) {
         send_tool(s, m->id, k == NULL ? "out of memory" : err, NULL, 1);
         call_free(k);
         goto done;
@@ -1127,12 +1300,6 @@ tool_generate(struct server *s, const struct mcp_msg *m, const json_t *args,
     snprintf(k->batch, sizeof(k->batch), "%s", batch);
     k->wait_ms = a.wait_ms;
     k->deadline_mono = mono + a.wait_ms;
-    k->spawned_mono = mono;
-    k->child = start_run(s, batch);
-    k->child_status = k->child != NULL ? -1 : EXIT_SOFTWARE;
-    if (k->child == NULL)
-        snprintf(k->child_reason, sizeof(k->child_reason), "nbbatch run "
-                 "could not be started");
     log_info("mcp: generate_images: %zu jobs in batch %s", k->n_jobs,
              batch);
     k->next = s->calls;
@@ -1297,8 +1464,9 @@ batch_cb(const struct queue_batch_status *b, void *arg)
     json_t *list = arg;
 
     json_array_append_new(list, json_pack(
-        "{s:s, s:s, s:b, s:I, s:o, s:f, s:f}", "name", b->name, "out_dir",
-        b->out_dir, "paused", b->paused, "total", (json_int_t)b->total,
+        "{s:o, s:o, s:b, s:I, s:o, s:f, s:f}", "name",
+        mcp_proto_text(b->name), "out_dir", mcp_proto_text(b->out_dir),
+        "paused", b->paused, "total", (json_int_t)b->total,
         "counts", counts_json(b->counts), "budget_usd", b->budget_usd,
         "spent_usd", round(b->spent_usd * 1e6) / 1e6));
     return 0;
@@ -1326,8 +1494,11 @@ tool_list_batches(struct server *s, const struct mcp_msg *m,
     n = json_array_size(list);
     cap = 64 + n * 512;
     text = malloc(cap);
-    if (text == NULL)
+    if (text == NULL) {
+        send_error(s, m->id, MCP_INTERNAL_ERROR, "list_batches: out of "
+                   "memory");
         goto done;
+    }
     p = text;
     p += snprintf(p, cap, "%zu batch%s\n", n, n == 1 ? "" : "es");
     json_array_foreach(list, i, b) {
@@ -1455,12 +1626,12 @@ on_request(struct server *s, const struct mcp_msg *m)
         s->initialized = 1;
         log_info("mcp: client asks for protocol %.40s, answering %s",
                  version, mcp_proto_version(version));
-        send_line(s, mcp_proto_result(m->id, mcp_proto_initialize(
-            version, "nbbatch", NBBATCH_VERSION)));
+        send_result(s, m->id, mcp_proto_initialize(version, "nbbatch",
+                                                    NBBATCH_VERSION));
     } else if (strcmp(m->method, "ping") == 0) {
-        send_line(s, mcp_proto_result(m->id, json_object()));
+        send_result(s, m->id, json_object());
     } else if (strcmp(m->method, "tools/list") == 0) {
-        send_line(s, mcp_proto_result(m->id, mcp_proto_tools()));
+        send_result(s, m->id, mcp_proto_tools());
     } else if (strcmp(m->method, "tools/call") == 0) {
         if (m->params == NULL)
             send_error(s, m->id, MCP_INVALID_PARAMS, "tools/call needs "
@@ -1602,12 +1773,13 @@ serve(struct server *s)
     }
 }
 
-/* Stops every child (they release their jobs) and waits for them. */
+/* Stops every child (they release their jobs) and waits for them; one
+ * still there after the grace period is killed (its leases expire). */
 static void
 shut_down(struct server *s)
 {
     int64_t start = cli_mono_ms();
-    int second = 0;
+    int killed = 0;
 
     while (s->calls != NULL)
         call_remove(s, s->calls);
@@ -1615,10 +1787,13 @@ shut_down(struct server *s)
         kill(c->pid, SIGTERM);
     s->in_open = 0;
     while (s->children != NULL) {
-        if (!second && cli_mono_ms() - start > STOP_GRACE_MS) {
-            for (struct child *c = s->children; c != NULL; c = c->next)
-                kill(c->pid, SIGTERM);
-            second = 1;
+        if (!killed && cli_mono_ms() - start > STOP_GRACE_MS) {
+            for (struct child *c = s->children; c != NULL; c = c->next) {
+                log_warn("mcp: nbbatch run (pid %ld) did not stop in %d "
+                         "s: killed", (long)c->pid, STOP_GRACE_MS / 1000);
+                kill(c->pid, SIGKILL);
+            }
+            killed = 1;
         }
         poll_once(s, 200);
     }
@@ -1693,6 +1868,41 @@ parse_opts(int argc, char **argv, struct server *s, const char **db)
     return EXIT_OK;
 }
 
+/*
+ * The keys in the key files the runs may read (--key-file, the config's
+ * key_file and each endpoint's), so that no answer ever carries one; the
+ * environment's keys are read when sending.  A file that cannot be read
+ * here is the run's to report.
+ */
+static void
+load_secrets(struct server *s)
+{
+    const char *files[MAX_SECRETS];
+    struct config cfg;
+    const char *source;
+    char err[512];
+    int n = 0, k = 0;
+
+    config_init(&cfg);
+    if (config_load(s->config, &cfg, err, sizeof(err)) != 0)
+        log_debug("mcp: %s", err);
+    if (s->key_file != NULL)
+        files[n++] = s->key_file;
+    if (cfg.key_file[0] != '\0')
+        files[n++] = cfg.key_file;
+    for (int i = 0; i < cfg.n_endpoints && n < MAX_SECRETS; i++) {
+        if (cfg.endpoints[i].key_file[0] != '\0')
+            files[n++] = cfg.endpoints[i].key_file;
+    }
+    for (int i = 0; i < n; i++) {
+        if (apikey_load(files[i], &s->secrets[k], &source, err,
+                        sizeof(err)) == 0)
+            k++;
+        else
+            s->secrets[k] = NULL;
+    }
+}
+
 static int
 setup(struct server *s, const char *db)
 {
@@ -1713,6 +1923,7 @@ setup(struct server *s, const char *db)
         return EXIT_SOFTWARE;
     }
     s->exe[n] = '\0';
+    load_secrets(s);
     snprintf(s->out_root, sizeof(s->out_root), "%s", s->db);
     slash = strrchr(s->out_root, '/');
     snprintf(slash + 1, sizeof(s->out_root) - (size_t)(slash + 1 -
@@ -1748,6 +1959,8 @@ cmd_mcp(int argc, char **argv)
     serve(&s);
 
     shut_down(&s);
+    for (int i = 0; i < MAX_SECRETS; i++)
+        apikey_free(s.secrets[i]);
     linebuf_free(&s.in);
     queue_close(s.q);
     log_info("mcp: done");

@@ -5,12 +5,14 @@
  * A line is JSON or a parse error (-32700, id null); a JSON value must be
  * one object with "jsonrpc": "2.0" and a string or integer id (batches
  * were dropped from MCP in 2025-06-18 and are refused with -32600);
- * params, when present, must be an object.  Tool arguments are checked
- * here against the same rules the schemas publish, and every refusal
- * names its field, so an agent can correct itself.  Model, aspect ratio
- * and size are checked with jobs/models, the table `nbbatch add` uses, and
- * a size is turned into the model's own spelling as `add` does, so that
- * the caller can compute the very job keys `add` will store.
+ * params, when present, must be an object.  Responses and notifications
+ * are never answered, even when something in them is wrong.  Tool
+ * arguments are checked here against the same rules the schemas publish,
+ * and every refusal names its field, so an agent can correct itself.
+ * Model, aspect ratio and size are checked with jobs/models, the table
+ * `nbbatch add` uses, and a size is turned into the model's own spelling
+ * as `add` does, so that the caller can compute the very job keys `add`
+ * will store.
  *
  * Nothing here reads files or the clock: whether a reference image exists
  * is left to the caller (and to `nbbatch add`).
@@ -66,6 +68,14 @@ mcp_proto_parse(const char *buf, size_t len, struct mcp_msg *msg)
         return invalid(msg, NB_EINVAL, MCP_INVALID_REQUEST, "a message "
                        "must be a JSON object");
 
+    /* A response (to a request we never send) is dropped whatever its
+     * id: answering it could start an endless exchange of errors. */
+    if (json_object_get(msg->root, "method") == NULL &&
+        (json_object_get(msg->root, "result") != NULL ||
+         json_object_get(msg->root, "error") != NULL)) {
+        msg->kind = MCP_RESPONSE;
+        return 0;
+    }
     msg->id = json_object_get(msg->root, "id");
     if (msg->id != NULL && !id_ok(msg->id)) {
         msg->id = NULL;
@@ -79,21 +89,22 @@ mcp_proto_parse(const char *buf, size_t len, struct mcp_msg *msg)
                        "be \"2.0\"");
 
     method = json_object_get(msg->root, "method");
-    if (method == NULL && msg->id != NULL &&
-        (json_object_get(msg->root, "result") != NULL ||
-         json_object_get(msg->root, "error") != NULL)) {
-        msg->kind = MCP_RESPONSE;
-        return 0;
-    }
     if (!json_is_string(method))
         return invalid(msg, NB_EINVAL, MCP_INVALID_REQUEST, "method must "
                        "be a string");
     msg->method = json_string_value(method);
 
     params = json_object_get(msg->root, "params");
-    if (params != NULL && !json_is_object(params))
+    if (params != NULL && !json_is_object(params)) {
+        /* A notification is never answered, not even with an error: it
+         * is taken without its params. */
+        if (msg->id == NULL) {
+            msg->kind = MCP_NOTIFICATION;
+            return 0;
+        }
         return invalid(msg, NB_EINVAL, MCP_INVALID_PARAMS, "params must "
                        "be an object");
+    }
     msg->params = params;
     msg->kind = msg->id != NULL ? MCP_REQUEST : MCP_NOTIFICATION;
     return 0;
@@ -131,11 +142,76 @@ mcp_proto_result(const json_t *id, json_t *result)
     return envelope(id, "result", result);
 }
 
+/* Length of the valid UTF-8 sequence at s (RFC 3629: no overlong forms,
+ * no surrogates, nothing past U+10FFFF), or 0. */
+static size_t
+utf8_seq(const unsigned char *s)
+{
+    unsigned char lo = 0x80, hi = 0xbf;
+    size_t n;
+
+    if (s[0] < 0x80)
+        return 1;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf)
+        n = 2;
+    else if (s[0] >= 0xe0 && s[0] <= 0xef)
+        n = 3;
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+        n = 4;
+    else
+        return 0;
+    if (s[0] == 0xe0)
+        lo = 0xa0;
+    else if (s[0] == 0xed)
+        hi = 0x9f;
+    else if (s[0] == 0xf0)
+        lo = 0x90;
+    else if (s[0] == 0xf4)
+        hi = 0x8f;
+    if (s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++) {
+        if (s[i] < 0x80 || s[i] > 0xbf)
+            return 0;
+    }
+    return n;
+}
+
+json_t *
+mcp_proto_text(const char *text)
+{
+    json_t *v;
+    char *copy;
+    size_t len, i, n;
+
+    if (text == NULL)
+        return json_null();
+    v = json_string(text);
+    if (v != NULL)
+        return v;
+    len = strlen(text);
+    copy = malloc(len + 1);
+    if (copy == NULL)
+        return NULL;
+    memcpy(copy, text, len + 1);
+    for (i = 0; i < len; i += n) {
+        n = utf8_seq((const unsigned char *)copy + i);
+        if (n == 0) {
+            copy[i] = '?';
+            n = 1;
+        }
+    }
+    v = json_string(copy);
+    free(copy);
+    return v;
+}
+
 char *
 mcp_proto_error(const json_t *id, int code, const char *message)
 {
-    return envelope(id, "error", json_pack("{s:i, s:s}", "code", code,
-                                           "message", message));
+    return envelope(id, "error", json_pack("{s:i, s:o}", "code", code,
+                                           "message",
+                                           mcp_proto_text(message)));
 }
 
 char *
@@ -190,9 +266,10 @@ static const char tools_json[] =
 "\"description\":\"Queues one image job per prompt (or count images of "
 "one prompt) and runs them with nbbatch's runner (retries, quotas, "
 "breaker).  Returns the PNG paths finished within wait_seconds and the "
-"job ids of the rest, which go on in the background (see job_status).  "
-"Asking again for the same prompts and settings in the same batch reuses "
-"the jobs: nothing is generated or paid twice.\","
+"job ids of the rest, which go on in the background while this server "
+"runs (see job_status).  Asking again for the same prompts and settings "
+"reuses their jobs, in whatever batch they are: nothing is generated or "
+"paid twice, and failed, blocked or cancelled ones are tried again.\","
 "\"inputSchema\":{\"type\":\"object\",\"additionalProperties\":false,"
 "\"properties\":{"
 "\"prompts\":{\"type\":\"array\",\"minItems\":1,\"maxItems\":10000,"
@@ -212,7 +289,8 @@ static const char tools_json[] =
 "\"items\":{\"type\":\"string\"},\"description\":\"absolute paths of "
 "PNG, JPEG, WebP or HEIC images\"},"
 "\"batch\":{\"type\":\"string\",\"minLength\":1,\"maxLength\":100,"
-"\"description\":\"batch name (default mcp)\"},"
+"\"pattern\":\"^[^./][^/]*$\",\"description\":\"batch name, also the "
+"folder name under out/ (default mcp)\"},"
 "\"out_dir\":{\"type\":\"string\",\"description\":\"absolute folder of "
 "the images of a new batch (default: out/BATCH next to the database)\"},"
 "\"wait_seconds\":{\"type\":\"number\",\"minimum\":0,\"maximum\":3600,"
@@ -270,8 +348,8 @@ mcp_proto_tools(void)
 json_t *
 mcp_proto_tool_result(const char *text, json_t *structured, int is_error)
 {
-    json_t *r = json_pack("{s:[{s:s, s:s}], s:b}", "content", "type", "text",
-                          "text", text, "isError", is_error);
+    json_t *r = json_pack("{s:[{s:s, s:o}], s:b}", "content", "type", "text",
+                          "text", mcp_proto_text(text), "isError", is_error);
 
     if (r != NULL && structured != NULL)
         json_object_set(r, "structuredContent", structured);
@@ -455,10 +533,13 @@ gen_wait(const json_t *args, struct mcp_gen_args *a, char *err,
     return 0;
 }
 
-/* A batch name as `nbbatch add` takes it: text without control bytes. */
+/* A batch name as `nbbatch add` takes it (text without control bytes)
+ * that is also one folder name under out/: no '/', no leading '.'. */
 static int
 batch_ok(const char *name)
 {
+    if (name[0] == '.' || name[0] == '\0' || strchr(name, '/') != NULL)
+        return 0;
     for (const unsigned char *s = (const unsigned char *)name; *s; s++) {
         if (*s < 0x20 || *s == 0x7f)
             return 0;
@@ -475,8 +556,9 @@ gen_places(const json_t *args, struct mcp_gen_args *a, char *err,
 
     rc = opt_string(args, "batch", 100, &a->batch, err, errlen);
     if (rc == 0 && a->batch != NULL && !batch_ok(a->batch))
-        rc = arg_fail(err, errlen, "batch: control characters are not "
-                      "allowed");
+        rc = arg_fail(err, errlen, "batch: a name for a folder under "
+                      "out/: no control characters, no '/', and not "
+                      "starting with '.'");
     if (rc == 0)
         rc = opt_string(args, "out_dir", 4000, &a->out_dir, err, errlen);
     if (rc == 0 && a->out_dir != NULL && a->out_dir[0] != '/')

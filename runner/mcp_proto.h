@@ -71,6 +71,13 @@ char *mcp_proto_result(const json_t *id, json_t *result);
 char *mcp_proto_error(const json_t *id, int code, const char *message);
 char *mcp_proto_notify(const char *method, json_t *params);
 
+/* A JSON string of text with every byte that is not valid UTF-8 (a
+ * sequence cut short by a length limit, say) turned into '?'; NULL gives
+ * JSON null.  A string of the answer that comes from outside (error
+ * texts, paths, cut quotes) goes through here, or jansson refuses it and
+ * the whole answer with it. */
+json_t *mcp_proto_text(const char *text);
+
 /* The protocol version to answer for a requested one (NULL allowed): the
  * same when supported, else the newest.  Static text. */
 const char *mcp_proto_version(const char *requested);

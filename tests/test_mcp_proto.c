@@ -52,6 +52,12 @@ test_parse_kinds(void **state)
     expect("{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}", MCP_RESPONSE, 0);
     expect("{\"jsonrpc\":\"2.0\",\"id\":3,\"error\":{\"code\":1}}",
            MCP_RESPONSE, 0);
+    /* Never answered: a response with a null id, a notification with
+     * params that are not an object. */
+    expect("{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":1}}",
+           MCP_RESPONSE, 0);
+    expect("{\"jsonrpc\":\"2.0\",\"method\":\"notifications/x\","
+           "\"params\":[1]}", MCP_NOTIFICATION, 0);
 }
 
 static void
@@ -236,7 +242,9 @@ test_gen_args(void **state)
     gen("{\"prompt\":\"a\",\"reference_images\":[\"rel.png\"]}",
         "reference_images[0]: must be an absolute path", NULL);
     gen("{\"prompt\":\"a\",\"out_dir\":\"out\"}", "out_dir:", NULL);
-    gen("{\"prompt\":\"a\",\"batch\":\"a\\nb\"}", "batch: control", NULL);
+    gen("{\"prompt\":\"a\",\"batch\":\"a\\nb\"}", "batch: a name", NULL);
+    gen("{\"prompt\":\"a\",\"batch\":\"../up\"}", "batch: a name", NULL);
+    gen("{\"prompt\":\"a\",\"batch\":\"a/b\"}", "batch: a name", NULL);
     gen("{\"prompt\":\"a\",\"wait_seconds\":3601}", "wait_seconds:", NULL);
     gen("{\"prompt\":\"a\",\"wait_seconds\":-1}", "wait_seconds:", NULL);
     gen("{\"prompt\":\"a\",\"colour\":\"red\"}", "colour: unknown", NULL);

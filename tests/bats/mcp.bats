@@ -178,3 +178,73 @@ rpd = 2"
     answer 2 | grep -q '"queued":2'
     answer 2 | grep -q '"done":2'
 }
+
+# call ID ARGS: a generate_images request line.
+gen_call() {
+    echo "{\"jsonrpc\":\"2.0\",\"id\":$1,\"method\":\"tools/call\",\"params\":{\"name\":\"generate_images\",\"arguments\":$2}}"
+}
+
+# wait_answer ID: keeps stdin open until the answer with that id is out.
+wait_answer() {
+    for _ in $(seq 200); do
+        grep -q "\"id\":$1," "$WORK/out.jsonl" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+@test "mcp: the same prompt twice, one queued elsewhere, a cancelled one" {
+    start_sim "seed = 3
+latency_ms = 300"
+    printf 'from the cli\n' > cli.txt
+    "$NBBATCH" add --batch cli --out "$WORK/out/cli" cli.txt
+    "$NBBATCH" add --batch gone --out "$WORK/out/gone" - <<<'cancelled once'
+    "$NBBATCH" cancel --batch gone
+    {
+        # Two calls at once in one batch: one run serves both.
+        gen_call 1 '{"prompts":["twice","twice","from the cli"],"batch":"b"}'
+        gen_call 2 '{"prompts":["other"],"batch":"b"}'
+        wait_answer 1 && wait_answer 2
+        gen_call 3 '{"prompt":"cancelled once","batch":"b"}'
+        wait_answer 3
+    } | mcp_lines
+    cut -c1-400 "$WORK/out.jsonl"
+    # "twice" is one job; "from the cli" is the job of batch cli.
+    answer 1 | grep -q '"total":2,"done":2'
+    answer 1 | grep -q "$WORK/out/cli/"
+    answer 2 | grep -q '"done":1'
+    # Asking again for a cancelled job makes it.
+    answer 3 | grep -q '"done":1'
+    [ "$(grep -c 'started nbbatch run for batch b ' "$WORK/mcp.err")" -eq 1 ]
+    [ "$(ls "$WORK"/out/b/*.png | wc -l)" -eq 2 ]
+    [ "$(ls "$WORK"/out/gone/*.png | wc -l)" -eq 1 ]
+}
+
+@test "mcp: a paused batch, a FIFO, a cut UTF-8 text, quiet notifications" {
+    mkfifo "$WORK/fifo"
+    "$NBBATCH" add --batch held --out "$WORK/out/held" - <<<'held prompt'
+    "$NBBATCH" pause held
+    long=$(printf 'é%.0s' $(seq 40))
+    {
+        gen_call 1 '{"prompt":"held prompt","batch":"held"}'
+        gen_call 2 "{\"prompt\":\"p\",\"reference_images\":[\"$WORK/fifo\"]}"
+        echo "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{\"name\":\"list_batches\",\"arguments\":{\"a$long\":1}}}"
+        gen_call 4 '{"prompt":"p","batch":"../up"}'
+        echo '{"jsonrpc":"2.0","method":"notifications/x","params":[1]}'
+        echo '{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"x"}}'
+        echo '{"jsonrpc":"2.0","id":5,"method":"ping"}'
+        wait_answer 1
+    } | mcp_lines
+    cut -c1-400 "$WORK/out.jsonl"
+    answer 1 | grep -q '"isError":true'
+    answer 1 | grep -q 'is paused.*nbbatch resume held'
+    answer 2 | grep -q 'not a regular file'
+    answer 3 | grep -q '"isError":true'
+    answer 3 | grep -q 'unknown argument'
+    answer 4 | grep -q 'batch: a name for a folder'
+    answer 5 | grep -q '"result":{}'
+    # Five answers: nothing for the notification or the response.
+    [ "$(wc -l < "$WORK/out.jsonl")" -eq 5 ]
+    # No run was started for the paused batch.
+    ! grep -q 'started nbbatch run' "$WORK/mcp.err"
+}

@@ -267,9 +267,15 @@ latency_ms = 10"
     run "$NBBATCH" retry 1
     [ "$output" = "retried 0 jobs: job 1 is done" ]
     run "$NBBATCH" retry 2
-    [ "$output" = "retried 1 failed or blocked job" ]
+    [ "$output" = "retried job 2" ]
     run "$NBBATCH" retry --batch p
     [ "$output" = "retried 1 failed or blocked job" ]
+    # A cancel is undone by naming the job, not by a batch-wide retry.
+    "$NBBATCH" cancel 3
+    run "$NBBATCH" retry --batch p
+    [ "$output" = "retried 0 failed or blocked jobs" ]
+    run "$NBBATCH" retry 3
+    [ "$output" = "retried job 3" ]
     run "$NBBATCH" status --json
     [[ "$output" == *'"queued":2'* ]]
     [[ "$output" == *'"done":1'* ]]
