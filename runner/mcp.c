@@ -36,8 +36,8 @@
  * prints its summary on stdout, our protocol channel, and it keeps one
  * code path for validation and naming; its "FILE:LINE: field" errors are
  * turned into "prompts[i]: field".  The server waits for `add` (it reads
- * only a private file and regular reference images, so it is short).  Batch "mcp" is the default so that
- * asking again finds the earlier jobs; images go to out/BATCH next to the
+ * only a private file and regular reference images, so it is short).
+ * Batch "mcp" is the default; images go to out/BATCH next to the
  * database, since an agent's working directory is often not writable.
  * Requests that come before initialize are answered all the same.
  * Argument errors are isError results naming the field (an agent can act
@@ -1703,18 +1703,28 @@ on_line(const char *line, size_t len, int too_long, void *arg)
 static void
 poll_once(struct server *s, int64_t timeout_ms)
 {
-    struct pollfd fds[512];
-    struct child *owner[512];
-    nfds_t n = 0;
+    struct pollfd *fds;
+    struct child **owner;
+    nfds_t n = 0, cap = 1;
     int rc;
 
+    for (struct child *c = s->children; c != NULL; c = c->next)
+        cap += 2;
+    fds = calloc(cap, sizeof(*fds));
+    owner = calloc(cap, sizeof(*owner));
+    if (fds == NULL || owner == NULL) {
+        log_error("mcp: out of memory");
+        free(fds);
+        free(owner);
+        poll(NULL, 0, 100);
+        return;
+    }
     if (s->in_open) {
         fds[n].fd = STDIN_FILENO;
         fds[n].events = POLLIN;
         owner[n++] = NULL;
     }
-    for (struct child *c = s->children; c != NULL && n + 2 <= 512;
-         c = c->next) {
+    for (struct child *c = s->children; c != NULL; c = c->next) {
         int pipes[2] = {c->out_fd, c->err_fd};
 
         for (int i = 0; i < 2; i++) {
@@ -1726,9 +1736,7 @@ poll_once(struct server *s, int64_t timeout_ms)
         }
     }
     rc = poll(fds, n, (int)(timeout_ms < 0 ? 0 : timeout_ms));
-    if (rc <= 0)
-        return;
-    for (nfds_t i = 0; i < n; i++) {
+    for (nfds_t i = 0; rc > 0 && i < n; i++) {
         if (fds[i].revents == 0)
             continue;
         if (owner[i] == NULL) {
@@ -1748,6 +1756,8 @@ poll_once(struct server *s, int64_t timeout_ms)
             }
         }
     }
+    free(fds);
+    free(owner);
 }
 
 static void
