@@ -29,19 +29,24 @@ skip_ws(const char *s, size_t len, size_t i)
     return i;
 }
 
-/* s[i] is '"': the index just past the closing quote, or 0 when none. */
+/*
+ * s[i] is '"': the index just past the closing quote, or 0 when none.
+ * Backslashes are looked for only up to the next quote, so that a line
+ * of many strings costs one pass, not one pass per string.
+ */
 static size_t
 skip_string(const char *s, size_t len, size_t i)
 {
-    for (i++; i < len; i++) {
-        const char *q = memchr(s + i, '"', len - i);
-        const char *b = memchr(s + i, '\\', len - i);
+    const char *q = NULL, *b = NULL;
 
-        if (q == NULL)
-            return 0;
-        if (b == NULL || b > q)
+    for (i++; i < len; i = (size_t)(b - s) + 2) {
+        if (q == NULL || q < s + i) {
+            /* The quote found before was escaped: the next one. */
+            if ((q = memchr(s + i, '"', len - i)) == NULL)
+                return 0;
+        }
+        if ((b = memchr(s + i, '\\', (size_t)(q - (s + i)))) == NULL)
             return (size_t)(q - s) + 1;
-        i = (size_t)(b - s) + 1;       /* skip the escaped character */
     }
     return 0;
 }
@@ -130,15 +135,47 @@ metadata_key(const char *s, size_t off, size_t n, char *out, size_t cap)
     return v == NULL ? NB_EINVAL : rc;
 }
 
+/* The HTTP status of a google.rpc.Code (a line's error may carry
+ * either), as Google's own mapping; 0 when unknown. */
+static int
+http_of_rpc(json_int_t code)
+{
+    static const int http[] = {
+        0,      /* OK: not an error */
+        499,    /* CANCELLED */
+        500,    /* UNKNOWN */
+        400,    /* INVALID_ARGUMENT */
+        504,    /* DEADLINE_EXCEEDED */
+        404,    /* NOT_FOUND */
+        409,    /* ALREADY_EXISTS */
+        403,    /* PERMISSION_DENIED */
+        429,    /* RESOURCE_EXHAUSTED */
+        400,    /* FAILED_PRECONDITION */
+        409,    /* ABORTED */
+        400,    /* OUT_OF_RANGE */
+        501,    /* UNIMPLEMENTED */
+        500,    /* INTERNAL */
+        503,    /* UNAVAILABLE */
+        500,    /* DATA_LOSS */
+        401     /* UNAUTHENTICATED */
+    };
+
+    if (code >= 100 && code <= 599)
+        return (int)code;
+    if (code > 0 && code < (json_int_t)(sizeof(http) / sizeof(http[0])))
+        return http[code];
+    return 0;
+}
+
 static int
 error_code(const char *s, size_t off, size_t n)
 {
     json_t *v = json_loadb(s + off, n, 0, NULL);
     json_t *c = json_object_get(v, "code");
-    int code = json_is_integer(c) ? (int)json_integer_value(c) : 0;
+    int code = json_is_integer(c) ? http_of_rpc(json_integer_value(c)) : 0;
 
     json_decref(v);
-    return code >= 100 && code <= 599 ? code : 0;
+    return code;
 }
 
 /* Member name s[i] (a string) as one of the names we read; -1 else. */
@@ -350,6 +387,13 @@ read_op(json_t *top, struct batchfmt_op *op)
             snprintf(op->error, sizeof(op->error), "error %d",
                      op->error_code);
     }
+    /* Done, yet in no final state: it will not change any more.  With
+     * its output and no error it succeeded (sending its jobs again would
+     * pay for them twice); else it failed. */
+    if (op->done && !batchfmt_state_ended(op->state))
+        op->state = op->error[0] == '\0' && (op->responses_file[0] != '\0'
+                                             || op->inlined)
+                        ? BATCHFMT_SUCCEEDED : BATCHFMT_FAILED;
     if (strncmp(op->name, "batches/", 8) != 0 || op->name[8] == '\0' ||
         strchr(op->name + 8, '/') != NULL || strchr(op->name, '?') != NULL)
         return NB_EINVAL;

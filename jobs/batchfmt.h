@@ -27,7 +27,9 @@ struct batchfmt_line {
     int kind;                    /* enum batchfmt_kind */
     size_t value_off;            /* the response or error object, as a */
     size_t value_len;            /* range of the line */
-    int error_code;              /* BATCHFMT_ERROR: error.code, 0 if none */
+    int error_code;              /* BATCHFMT_ERROR: error.code as an HTTP
+                                    status (a google.rpc.Code 1-16 is
+                                    mapped), 0 if none or unknown */
 };
 
 /*
@@ -61,7 +63,8 @@ struct batchfmt_op {
     char name[160];              /* "batches/..." */
     char display_name[160];
     char state_name[48];         /* as sent */
-    int state;                   /* enum batchfmt_state */
+    int state;                   /* enum batchfmt_state; FAILED when done
+                                    but in no final state */
     int done;
     char responses_file[160];    /* "files/..." or "" */
     int inlined;                 /* output came inline, not as a file */

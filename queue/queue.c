@@ -2489,9 +2489,11 @@ queue_remote_create(struct queue *q, const char *owner, int64_t batch_id,
         return set_err(q, NB_EINVAL, "an empty chunk");
     if ((rc = tx_begin(q)) != 0)
         return rc;
+    /* Followed by its maker from the start: no other run adopts it. */
     st = prepare(q, "INSERT INTO remote_batches (batch_id, display_name,"
-                 " model, phase, n_jobs, created_ms, updated_ms)"
-                 " VALUES (?1, ?2, ?3, '" QUEUE_REMOTE_NEW "', ?4, ?5, ?5)");
+                 " model, phase, n_jobs, created_ms, updated_ms, follower,"
+                 " follow_expires_ms) VALUES (?1, ?2, ?3, '"
+                 QUEUE_REMOTE_NEW "', ?4, ?5, ?5, ?6, ?7)");
     if (st == NULL)
         return tx_end(q, NB_EDB);
     sqlite3_bind_int64(st, 1, batch_id);
@@ -2499,6 +2501,8 @@ queue_remote_create(struct queue *q, const char *owner, int64_t batch_id,
     sqlite3_bind_text(st, 3, model, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, (int64_t)n);
     sqlite3_bind_int64(st, 5, now_ms);
+    sqlite3_bind_text(st, 6, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, now_ms + QUEUE_REMOTE_FIRST_FOLLOW_MS);
     rc = sqlite3_step(st);
     if ((rc & 0xff) == SQLITE_CONSTRAINT) {
         sqlite3_finalize(st);
@@ -2528,6 +2532,26 @@ bind_opt_text(sqlite3_stmt *st, int i, const char *s)
         sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
 }
 
+/* Whether chunk id is in a live phase: *live 1, 0 when it ended, -1
+ * when there is no such chunk. */
+static int
+remote_phase(struct queue *q, int64_t id, int *live)
+{
+    sqlite3_stmt *st = prepare(q, "SELECT phase IN " REMOTE_LIVE_PHASES
+                               " FROM remote_batches WHERE id = ?1");
+    int rc;
+
+    if (st == NULL)
+        return NB_EDB;
+    sqlite3_bind_int64(st, 1, id);
+    rc = sqlite3_step(st);
+    *live = rc != SQLITE_ROW ? -1 : sqlite3_column_int(st, 0) != 0;
+    rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0
+                                               : db_fail(q, "reading a chunk");
+    sqlite3_finalize(st);
+    return rc;
+}
+
 int
 queue_remote_update(struct queue *q, int64_t id,
                     const struct queue_remote_update *u, int64_t now_ms)
@@ -2547,8 +2571,8 @@ queue_remote_update(struct queue *q, int64_t id,
         " polls = polls + ?10,"
         " last_error = CASE WHEN ?12 THEN ?11 ELSE last_error END,"
         " updated_ms = ?13"
-        " WHERE id = ?1");
-    int rc;
+        " WHERE id = ?1 AND phase IN " REMOTE_LIVE_PHASES);
+    int rc, live = 0;
 
     if (st == NULL)
         return NB_EDB;
@@ -2570,9 +2594,16 @@ queue_remote_update(struct queue *q, int64_t id,
     sqlite3_bind_int64(st, 13, now_ms);
     if ((rc = run_once(q, st, "recording a chunk's progress")) != 0)
         return rc;
-    if (sqlite3_changes(q->db) == 0)
-        return set_err(q, NB_ENOTFOUND, "no chunk %lld", (long long)id);
-    return 0;
+    if (sqlite3_changes(q->db) > 0)
+        return 0;
+    /* An ended chunk stays ended: a step that was under way when the
+     * user cancelled it must not bring it back. */
+    if ((rc = remote_phase(q, id, &live)) != 0)
+        return rc;
+    return live < 0 ? set_err(q, NB_ENOTFOUND, "no chunk %lld",
+                              (long long)id)
+                    : set_err(q, NB_ESTATE, "chunk %lld has ended",
+                              (long long)id);
 }
 
 static const char *
@@ -2693,26 +2724,6 @@ queue_remote_jobs(struct queue *q, int64_t id,
     return rc;
 }
 
-/* Whether chunk id is in a live phase (*live 0 when it ended or is
- * unknown). */
-static int
-remote_phase(struct queue *q, int64_t id, int *live)
-{
-    sqlite3_stmt *st = prepare(q, "SELECT phase IN " REMOTE_LIVE_PHASES
-                               " FROM remote_batches WHERE id = ?1");
-    int rc;
-
-    if (st == NULL)
-        return NB_EDB;
-    sqlite3_bind_int64(st, 1, id);
-    rc = sqlite3_step(st);
-    *live = rc == SQLITE_ROW && sqlite3_column_int(st, 0) != 0;
-    rc = rc == SQLITE_ROW || rc == SQLITE_DONE ? 0
-                                               : db_fail(q, "reading a chunk");
-    sqlite3_finalize(st);
-    return rc;
-}
-
 int
 queue_remote_end(struct queue *q, int64_t id, const char *phase,
                  const char *message, int64_t now_ms, int64_t *n)
@@ -2745,7 +2756,7 @@ queue_remote_end(struct queue *q, int64_t id, const char *phase,
          * keeps the phase it ended in. */
         rc = remote_phase(q, id, &live);
     }
-    if (rc == 0 && live)
+    if (rc == 0 && live > 0)
         rc = queue_remote_update(q, id, &u, now_ms);
     if ((rc = tx_end(q, rc)) == 0 && n != NULL)
         *n = moved;
@@ -2786,10 +2797,12 @@ queue_remote_follow(struct queue *q, int64_t id, const char *owner,
         return set_err(q, NB_ELEASE, "chunk %lld is followed by another "
                        "run", (long long)id);
     }
-    /* Compare and set: another run may have taken it meanwhile. */
+    /* Compare and set on both columns: another run may have taken it
+     * meanwhile, or the same follower renewed it from a stalled run. */
     st = prepare(q, "UPDATE remote_batches SET follower = ?2,"
                  " follow_expires_ms = ?3 WHERE id = ?1"
-                 " AND ifnull(follower, '') = ifnull(?4, '')");
+                 " AND ifnull(follower, '') = ifnull(?4, '')"
+                 " AND follow_expires_ms = ?5");
     if (st == NULL) {
         free(old);
         return NB_EDB;
@@ -2798,6 +2811,7 @@ queue_remote_follow(struct queue *q, int64_t id, const char *owner,
     sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 3, now_ms + lease_ms);
     sqlite3_bind_text(st, 4, old, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, expires);
     rc = run_once(q, st, "following a chunk");
     free(old);
     if (rc == 0 && sqlite3_changes(q->db) == 0)

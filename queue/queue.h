@@ -423,9 +423,12 @@ void queue_remote_owner(int64_t remote_id, char *buf, size_t len);
  * In one transaction: records a new chunk (phase "new") of the n jobs
  * job_ids, all of batch batch_id and model, running and leased by owner,
  * and hands them to the chunk (leased to its owner for ever, checkpoint
- * naming the chunk).  *remote_id gets its id.  NB_ELEASE (nothing done)
- * when one job is no longer owner's; NB_EEXIST for a display name taken.
+ * naming the chunk).  owner follows the chunk (queue_remote_follow())
+ * for QUEUE_REMOTE_FIRST_FOLLOW_MS.  *remote_id gets its id.  NB_ELEASE
+ * (nothing done) when one job is no longer owner's; NB_EEXIST for a
+ * display name taken.
  */
+#define QUEUE_REMOTE_FIRST_FOLLOW_MS (60 * 1000)
 int queue_remote_create(struct queue *q, const char *owner, int64_t batch_id,
                         const char *model, const char *display_name,
                         const int64_t *job_ids, size_t n, int64_t now_ms,
@@ -444,7 +447,8 @@ struct queue_remote_update {
     int add_poll;                  /* 1: count one poll */
     const char *last_error;        /* "" clears it */
 };
-/* Stores u on chunk id, stamped now_ms.  NB_ENOTFOUND for no such chunk. */
+/* Stores u on chunk id, stamped now_ms.  NB_ENOTFOUND for no such chunk,
+ * NB_ESTATE (nothing changed) for a chunk that has ended. */
 int queue_remote_update(struct queue *q, int64_t id,
                         const struct queue_remote_update *u, int64_t now_ms);
 
@@ -474,7 +478,8 @@ int queue_remote_end(struct queue *q, int64_t id, const char *phase,
  * Makes owner the one run that follows chunk id (polls it, writes its
  * results) until now_ms + lease_ms; called again to renew.  NB_ELEASE
  * when another run follows it, its lease not expired and owner_alive()
- * (may be NULL) saying that run lives.
+ * (may be NULL) saying that run lives, or when another call changed the
+ * follower or its lease between this call's read and its write.
  */
 int queue_remote_follow(struct queue *q, int64_t id, const char *owner,
                         int64_t now_ms, int64_t lease_ms,

@@ -20,8 +20,12 @@
  * transient failure: they go into a new chunk (their retry limits hold).
  *
  * One run follows a chunk at a time (queue_remote_follow()), so two runs
- * on one database never write the same results.  Every call goes through
- * the run's transport, one step per chunk at a time.
+ * on one database never write the same results; a run that finds another
+ * one following its chunk (it stalled past its lease) drops the chunk.
+ * A chunk ended by `nbbatch cancel` while a step was under way stays
+ * ended: the step's result is not recorded, and a batch the step made
+ * is cancelled.  Every call goes through the run's transport, one step
+ * per chunk at a time.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -63,7 +67,16 @@ enum step {
     STEP_CREATE,
     STEP_LOOKUP,
     STEP_POLL,
-    STEP_DOWNLOAD
+    STEP_DOWNLOAD,
+    STEP_CANCEL                 /* of a batch made for an ended chunk */
+};
+
+/* A chunk ended by someone else (`nbbatch cancel`) while a step was under
+ * way: forget it, or first cancel the batch that step made. */
+enum gone {
+    GONE_NO,
+    GONE_FORGET,
+    GONE_CANCEL
 };
 
 struct chunk {
@@ -80,6 +93,8 @@ struct chunk {
     char result_file[160];
     int64_t uploaded_ms;
     double estimate;            /* per job, reserved by this run; 0 */
+    size_t reserved;            /* jobs reserved for and not handed to
+                                   the run (which settles those) */
 
     int step;                   /* enum step in flight, or STEP_NONE */
     struct http_xfer *xfer;
@@ -103,6 +118,10 @@ struct chunk {
     int draining;               /* every line read: waiting for the run
                                    to record the last images */
     int64_t drain_since;
+    int64_t *delivered;         /* jobs handed to the run, not yet
+                                   settled by it: never read again */
+    size_t n_delivered, delivered_cap;
+    int gone;                   /* enum gone */
 
     int64_t next_ms;            /* when the next step is due */
     int64_t poll_wait_ms;       /* between polls, growing */
@@ -147,6 +166,7 @@ static void
 chunk_free(struct chunk *c)
 {
     chunk_drop_results(c);
+    free(c->delivered);
     free(c->line);
     free(c->body);
     free(c->input);
@@ -162,12 +182,35 @@ chunk_find(struct remote *rm, int64_t id)
     return NULL;
 }
 
+/* Gives back what this run reserved for jobs it will not be handed. */
+static void
+release_reserved(struct chunk *c)
+{
+    struct answer_result none;
+
+    memset(&none, 0, sizeof(none));     /* no answer: costs nothing */
+    for (; c->reserved > 0; c->reserved--)
+        gate_settle_remote(c->rm->gate, c->batch_id, c->model, NULL,
+                           c->estimate, &none);
+}
+
+/* Hands job to the run, which settles its reservation. */
+static void
+hand_over(struct chunk *c, struct queue_job *job, struct answer *a,
+          const struct answer_result *res)
+{
+    if (c->reserved > 0)
+        c->reserved--;
+    c->rm->result(c->rm->arg, job, a, res, c->estimate);
+}
+
 /* Unlinks and frees an ended chunk. */
 static void
 chunk_forget(struct remote *rm, struct chunk *c)
 {
     struct chunk **p = &rm->chunks;
 
+    release_reserved(c);
     while (*p != NULL && *p != c)
         p = &(*p)->next;
     if (*p == c)
@@ -188,9 +231,17 @@ record(struct chunk *c, struct queue_remote_update *u)
 {
     int rc = queue_remote_update(c->rm->q, c->id, u, cli_now_ms());
 
-    if (rc != 0)
+    if (rc == NB_ESTATE || rc == NB_ENOTFOUND) {
+        /* Cancelled meanwhile: the step's result must not revive it. */
+        if (c->gone == GONE_NO) {
+            log_info("remote batch %s was ended meanwhile; leaving it",
+                     c->display);
+            c->gone = GONE_FORGET;
+        }
+    } else if (rc != 0) {
         log_error("remote batch %s: cannot record progress: %s",
                   c->display, queue_errmsg(c->rm->q));
+    }
     return rc;
 }
 
@@ -238,9 +289,17 @@ give_back(struct chunk *c, const char *why)
     for (size_t i = 0; i < c->n_held; i++) {
         if (c->held[i] == NULL)
             continue;
-        c->rm->result(c->rm->arg, c->held[i], NULL, &res, c->estimate);
+        hand_over(c, c->held[i], NULL, &res);
         c->held[i] = NULL;
     }
+}
+
+static int
+count_one(const struct queue_job *job, void *arg)
+{
+    (void)job;
+    (*(int *)arg)++;
+    return 0;
 }
 
 /* Job ids of a query, gathered before the jobs are read one by one. */
@@ -270,7 +329,37 @@ collect_id(const struct queue_job *job, void *arg)
     return 0;
 }
 
-/* The jobs the chunk still holds, read into c->held (by id). */
+/* Whether job id went to the run and the run has not settled it yet. */
+static int
+delivered(const struct chunk *c, int64_t id)
+{
+    for (size_t i = 0; i < c->n_delivered; i++)
+        if (c->delivered[i] == id)
+            return 1;
+    return 0;
+}
+
+/* Room in c->delivered for n more, so that noting one never fails. */
+static int
+reserve_delivered(struct chunk *c, size_t n)
+{
+    int64_t *grown;
+
+    if (c->n_delivered + n <= c->delivered_cap)
+        return 0;
+    grown = realloc(c->delivered, (c->n_delivered + n) * sizeof(*grown));
+    if (grown == NULL)
+        return NB_ENOMEM;
+    c->delivered = grown;
+    c->delivered_cap = c->n_delivered + n;
+    return 0;
+}
+
+/*
+ * The jobs the chunk still holds, read into c->held (by id).  Those the
+ * run was given and has not settled are left out: they may still be in
+ * its decode queue, and a second copy would be written twice.
+ */
 static int
 load_held(struct chunk *c)
 {
@@ -284,12 +373,14 @@ load_held(struct chunk *c)
     if (rc == 0 && ids.bad)
         rc = NB_ENOMEM;
     if (rc == 0 && ids.n > 0 &&
-        (c->held = calloc(ids.n, sizeof(*c->held))) == NULL)
+        ((c->held = calloc(ids.n, sizeof(*c->held))) == NULL ||
+         reserve_delivered(c, ids.n) != 0))
         rc = NB_ENOMEM;
     for (size_t i = 0; rc == 0 && i < ids.n; i++) {
         struct queue_job *job = NULL;
 
-        if (queue_get(c->rm->q, ids.v[i], &job) == 0)
+        if (!delivered(c, ids.v[i]) &&
+            queue_get(c->rm->q, ids.v[i], &job) == 0)
             c->held[c->n_held++] = job;
     }
     free(ids.v);
@@ -353,10 +444,16 @@ step_failed(struct chunk *c, const struct http_result *hr, const char *step)
                               hr->http_status,
                               hr->retry_after[0] ? hr->retry_after : NULL,
                               &res);
+        /* A 404 without the API's NOT_FOUND comes from a proxy or a
+         * front end page: taken again, like a 503. */
+        if (hr->http_status == 404 &&
+            strcmp(res.api_status, "NOT_FOUND") != 0)
+            res.cls = ANSWER_TRANSIENT;
     }
     snprintf(msg, sizeof(msg), "%s: %s", step, res.message);
     u.last_error = msg;
-    record(c, &u);
+    if (record(c, &u) != 0 && c->gone != GONE_NO)
+        return;
     if (res.cls == ANSWER_FATAL) {
         fatal(rm, &res, step);
         /* Nothing exists remotely before a create, nor after a create
@@ -372,7 +469,7 @@ step_failed(struct chunk *c, const struct http_result *hr, const char *step)
         if (load_held(c) == 0) {
             res.cls = ANSWER_PERMANENT;
             for (size_t i = 0; i < c->n_held; i++) {
-                rm->result(rm->arg, c->held[i], NULL, &res, c->estimate);
+                hand_over(c, c->held[i], NULL, &res);
                 c->held[i] = NULL;
             }
         }
@@ -514,7 +611,7 @@ block_unbuildable(struct chunk *c, size_t i, const struct queue_job *job)
     request_build_job(job, c->model, &req, &len, res.message,
                       sizeof(res.message));
     free(req);
-    c->rm->result(c->rm->arg, c->held[i], NULL, &res, c->estimate);
+    hand_over(c, c->held[i], NULL, &res);
     c->held[i] = NULL;
 }
 
@@ -629,9 +726,21 @@ create(struct chunk *c)
     struct queue_remote_update u = no_change();
     char path[256], *body;
     size_t len;
+    int held = 0;
     static const char *const headers[] = {
         "Content-Type: application/json", NULL
     };
+
+    if (cli_now_ms() - c->uploaded_ms > FILE_KEEP_MS) {
+        upload_start(c);            /* the input file is about to expire */
+        return;
+    }
+    /* Its jobs may all have been cancelled since the upload. */
+    if (queue_remote_jobs(c->rm->q, c->id, count_one, &held) == 0 &&
+        held == 0) {
+        end_chunk(c, QUEUE_REMOTE_CANCELLED, "no job left to send");
+        return;
+    }
 
     /* Before the create goes out: from here on, a chunk whose create got
      * no answer is looked up by display name before it is created. */
@@ -652,13 +761,36 @@ create(struct chunk *c)
     start(c, STEP_CREATE, "POST", path, body, len, headers);
 }
 
+/* The list's path for the page after token ("": the first page), the
+ * token percent-encoded: it comes from the server. */
+static void
+list_path(const char *token, char *path, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = (size_t)snprintf(path, len, "/v1beta/batches?pageSize="
+                                LIST_PAGE "%s", token[0] ? "&pageToken="
+                                                         : "");
+
+    for (const unsigned char *p = (const unsigned char *)token;
+         *p != '\0' && n + 4 < len; p++) {
+        if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+            (*p >= '0' && *p <= '9') || strchr("-._~", *p) != NULL) {
+            path[n++] = (char)*p;
+        } else {
+            path[n++] = '%';
+            path[n++] = hex[*p >> 4];
+            path[n++] = hex[*p & 15];
+        }
+    }
+    path[n] = '\0';
+}
+
 static void
 lookup(struct chunk *c)
 {
-    char path[512];
+    char path[1024];
 
-    snprintf(path, sizeof(path), "/v1beta/batches?pageSize=" LIST_PAGE
-             "%s%s", c->page_token[0] ? "&pageToken=" : "", c->page_token);
+    list_path(c->page_token, path, sizeof(path));
     start(c, STEP_LOOKUP, "GET", path, NULL, 0, NULL);
 }
 
@@ -669,6 +801,23 @@ poll_batch(struct chunk *c)
 
     snprintf(path, sizeof(path), "/v1beta/%s", c->remote_name);
     start(c, STEP_POLL, "GET", path, NULL, 0, NULL);
+}
+
+/* Cancels the batch a create made for a chunk that had ended. */
+static void
+cancel_made(struct chunk *c)
+{
+    char path[256], *body = strdup("{}");
+    static const char *const headers[] = {
+        "Content-Type: application/json", NULL
+    };
+
+    if (body == NULL) {
+        c->next_ms = cli_now_ms() + 5000;
+        return;
+    }
+    snprintf(path, sizeof(path), "/v1beta/%s:cancel", c->remote_name);
+    start(c, STEP_CANCEL, "POST", path, body, 2, headers);
 }
 
 static void
@@ -731,8 +880,10 @@ batch_seen(struct chunk *c, const struct batchfmt_op *op)
         }
         u.phase = QUEUE_REMOTE_COLLECTING;
         u.result_file = op->responses_file;
-        if (record(c, &u) != 0)
+        if (record(c, &u) != 0) {
+            c->next_ms = cli_now_ms() + 5000;
             return;
+        }
         set_phase(c, QUEUE_REMOTE_COLLECTING);
         snprintf(c->result_file, sizeof(c->result_file), "%s",
                  op->responses_file);
@@ -744,8 +895,9 @@ batch_seen(struct chunk *c, const struct batchfmt_op *op)
     }
     if (batchfmt_state_ended(op->state)) {
         snprintf(why, sizeof(why), "remote batch %s ended %s%s%s: its jobs "
-                 "are sent again", op->name, op->state_name,
-                 op->error[0] ? ": " : "", op->error);
+                 "are sent again", op->name, op->state_name[0]
+                 ? op->state_name : "without a state", op->error[0]
+                 ? ": " : "", op->error);
         u.last_error = why;
         record(c, &u);
         log_warn("%s", why);
@@ -769,8 +921,17 @@ submitted(struct chunk *c, const struct batchfmt_op *op)
     u.remote_state = op->state_name[0] ? op->state_name : NULL;
     u.last_error = "";
     if (record(c, &u) != 0) {
-        /* Not recorded: the lookup by display name finds it again. */
+        /* Not recorded: the lookup by display name finds it again.  Ended
+         * meanwhile (cancelled): the batch just made must not run. */
         c->next_ms = cli_now_ms() + 5000;
+        if (c->gone != GONE_NO) {
+            c->gone = GONE_CANCEL;
+            c->next_ms = 0;
+            snprintf(c->remote_name, sizeof(c->remote_name), "%s",
+                     op->name);
+            log_warn("remote batch %s was cancelled while %s was being "
+                     "created: cancelling that", c->display, op->name);
+        }
         return;
     }
     set_phase(c, QUEUE_REMOTE_SUBMITTED);
@@ -823,6 +984,7 @@ deliver_line(struct chunk *c, const char *line, size_t len)
     }
     if ((job = take_held(c, bl.key)) == NULL)
         return;     /* done already, cancelled, or not ours */
+    c->delivered[c->n_delivered++] = job->id;  /* room: load_held() */
     memset(&res, 0, sizeof(res));
     res.image_fd = -1;
     if (bl.kind == BATCHFMT_RESPONSE) {
@@ -851,7 +1013,7 @@ deliver_line(struct chunk *c, const char *line, size_t len)
         snprintf(res.message, sizeof(res.message), "the result line of "
                  "this job holds neither an answer nor an error");
     }
-    c->rm->result(c->rm->arg, job, a, &res, c->estimate);
+    hand_over(c, job, a, &res);
 }
 
 /* Up to room result lines to the run; at the end, the chunk is done. */
@@ -942,8 +1104,10 @@ upload_answer(struct chunk *c, int step, const struct http_result *hr)
     u.phase = QUEUE_REMOTE_UPLOADED;
     u.input_file = name;
     u.uploaded_ms = cli_now_ms();
-    if (record(c, &u) != 0)
+    if (record(c, &u) != 0) {
+        c->next_ms = cli_now_ms() + 5000;   /* upload again then */
         return;
+    }
     set_phase(c, QUEUE_REMOTE_UPLOADED);
     snprintf(c->input_file, sizeof(c->input_file), "%s", name);
     c->uploaded_ms = u.uploaded_ms;
@@ -988,6 +1152,7 @@ step_answer(struct chunk *c, int step, const struct http_result *hr)
             c->page_token[0] = '\0';
             create(c);
         } else {
+            c->page_token[0] = '\0';  /* from the first page again */
             c->next_ms = cli_now_ms() + backoff(c->rm, ++c->failures);
         }
         return;
@@ -1011,10 +1176,58 @@ static const char *
 step_name(int step)
 {
     static const char *const names[] = {
-        "?", "upload", "upload", "create", "list", "poll", "download"
+        "?", "upload", "upload", "create", "list", "poll", "download",
+        "cancel"
     };
 
-    return step > 0 && step <= STEP_DOWNLOAD ? names[step] : "?";
+    return step > 0 && step <= STEP_CANCEL ? names[step] : "?";
+}
+
+/* A failed download wrote its error body to the results file: a little
+ * of it into c->body, to be classified. */
+static void
+keep_error_body(struct chunk *c)
+{
+    char buf[16384];
+    ssize_t n;
+
+    if (c->results_fd >= 0 &&
+        (n = pread(c->results_fd, buf, sizeof(buf), 0)) > 0)
+        on_small_body(buf, (size_t)n, c);
+}
+
+/* A 404 that says what was asked for is gone (NOT_FOUND), not one from a
+ * proxy or an HTML page (a failure like any other, taken again). */
+static int
+not_found(const struct chunk *c, const struct http_result *hr)
+{
+    struct answer_result res;
+
+    if (hr->http_status != 404 || hr->transport_error)
+        return 0;
+    answer_classify_error(c->body != NULL ? c->body : "", c->body_len, 404,
+                          NULL, &res);
+    return strcmp(res.api_status, "NOT_FOUND") == 0;
+}
+
+/* The answer to the cancel of a batch made for a chunk that had ended. */
+static void
+cancel_answer(struct chunk *c, const struct http_result *hr)
+{
+    if ((hr->http_status == 200 && !hr->transport_error) ||
+        not_found(c, hr)) {
+        log_info("remote batch %s: %s cancelled", c->display,
+                 c->remote_name);
+        c->gone = GONE_FORGET;
+        return;
+    }
+    c->next_ms = cli_now_ms() + backoff(c->rm, ++c->failures);
+    if (hr->transport_error || hr->http_status == 0)
+        log_warn("remote batch %s: cannot cancel %s: %s", c->display,
+                 c->remote_name, hr->error);
+    else
+        log_warn("remote batch %s: cannot cancel %s: HTTP %d", c->display,
+                 c->remote_name, hr->http_status);
 }
 
 void
@@ -1028,12 +1241,17 @@ remote_transfer_done(struct remote *rm, void *user,
     c->xfer = NULL;
     c->step = STEP_NONE;
     rm->inflight--;
+    if (step == STEP_CANCEL) {
+        cancel_answer(c, hr);
+        return;
+    }
     if (hr->http_status == 200 && !hr->transport_error && !c->body_over) {
         step_answer(c, step, hr);
         return;
     }
-    if (hr->http_status == 404 && (step == STEP_POLL ||
-                                   step == STEP_DOWNLOAD)) {
+    if (step == STEP_DOWNLOAD)
+        keep_error_body(c);
+    if (not_found(c, hr) && (step == STEP_POLL || step == STEP_DOWNLOAD)) {
         /* The batch or its results are gone (they last 48 h). */
         snprintf(why, sizeof(why), "remote batch %s: %s is gone (404): its "
                  "jobs are sent again", c->display, step == STEP_POLL
@@ -1047,20 +1265,12 @@ remote_transfer_done(struct remote *rm, void *user,
     }
     if (step == STEP_DOWNLOAD)
         chunk_drop_results(c);
-    if (step == STEP_CREATE)
-        c->page_token[0] = '\0';    /* look it up before creating again */
+    if (step == STEP_CREATE || step == STEP_LOOKUP)
+        c->page_token[0] = '\0';    /* look it up from the first page */
     step_failed(c, hr, step_name(step));
 }
 
 /* ---- the next step of each chunk --------------------------------------- */
-
-static int
-count_one(const struct queue_job *job, void *arg)
-{
-    (void)job;
-    (*(int *)arg)++;
-    return 0;
-}
 
 /* The chunk is done once the run has recorded every image it was given
  * (the decode workers may still be writing some). */
@@ -1074,7 +1284,7 @@ drained(struct chunk *c)
         end_chunk(c, QUEUE_REMOTE_DONE, "results written");
         return;
     }
-    if (cli_now_ms() - c->drain_since > 60 * 1000) {
+    if (c->n_delivered == 0 && cli_now_ms() - c->drain_since > 60 * 1000) {
         /* A result the run could not take: read the results again for
          * the jobs still waiting. */
         c->draining = 0;
@@ -1084,16 +1294,15 @@ drained(struct chunk *c)
 }
 
 static void
-advance(struct chunk *c, int64_t now, int *room)
+advance(struct chunk *c, int *room)
 {
-    if (strcmp(c->phase, QUEUE_REMOTE_NEW) == 0)
+    if (c->gone == GONE_CANCEL)
+        cancel_made(c);
+    else if (strcmp(c->phase, QUEUE_REMOTE_NEW) == 0)
         upload_start(c);
-    else if (strcmp(c->phase, QUEUE_REMOTE_UPLOADED) == 0) {
-        if (now - c->uploaded_ms > FILE_KEEP_MS)
-            upload_start(c);        /* the file is about to expire */
-        else
-            create(c);
-    } else if (strcmp(c->phase, QUEUE_REMOTE_CREATING) == 0)
+    else if (strcmp(c->phase, QUEUE_REMOTE_UPLOADED) == 0)
+        create(c);
+    else if (strcmp(c->phase, QUEUE_REMOTE_CREATING) == 0)
         lookup(c);
     else if (strcmp(c->phase, QUEUE_REMOTE_SUBMITTED) == 0)
         poll_batch(c);
@@ -1230,11 +1439,18 @@ pack_one(struct remote *rm, const struct queue_filter *filter)
         if (queue_remote_create(rm->q, rm->owner, jobs[0]->batch_id,
                                 jobs[0]->model, name, ids, k, cli_now_ms(),
                                 &id) != 0) {
+            struct answer_result none;
+
             log_error("cannot record a remote batch: %s",
                       queue_errmsg(rm->q));
-            for (size_t i = 0; i < n; i++)
-                if (jobs[i]->id < 0)
-                    jobs[i]->id = -jobs[i]->id;
+            memset(&none, 0, sizeof(none));
+            for (size_t i = 0; i < n; i++) {
+                if (jobs[i]->id > 0)
+                    continue;
+                jobs[i]->id = -jobs[i]->id;
+                gate_settle_remote(rm->gate, jobs[i]->batch_id,
+                                   jobs[i]->model, NULL, est, &none);
+            }
         } else {
             struct queue_remote r = {
                 .id = id, .batch_id = jobs[0]->batch_id,
@@ -1244,8 +1460,10 @@ pack_one(struct remote *rm, const struct queue_filter *filter)
             struct chunk *c;
 
             adopt(&r, rm);
-            if ((c = chunk_find(rm, id)) != NULL)
+            if ((c = chunk_find(rm, id)) != NULL) {
                 c->estimate = est;
+                c->reserved = k;
+            }
             log_info("remote batch %s: %zu jobs of %s for the Batch API",
                      name, k, jobs[0]->model);
             made = 1;
@@ -1307,6 +1525,18 @@ remote_abort(struct remote *rm)
 }
 
 void
+remote_settled(struct remote *rm, int64_t job_id)
+{
+    for (struct chunk *c = rm != NULL ? rm->chunks : NULL; c != NULL;
+         c = c->next)
+        for (size_t i = 0; i < c->n_delivered; i++)
+            if (c->delivered[i] == job_id) {
+                c->delivered[i] = c->delivered[--c->n_delivered];
+                return;
+            }
+}
+
+void
 remote_free(struct remote *rm)
 {
     struct chunk *c, *next;
@@ -1316,11 +1546,41 @@ remote_free(struct remote *rm)
     remote_abort(rm);
     for (c = rm->chunks; c != NULL; c = next) {
         next = c->next;
+        if (c->gone == GONE_CANCEL)
+            log_warn("remote batch %s was cancelled here, but %s it made "
+                     "still runs at the Batch API", c->display,
+                     c->remote_name);
         /* Jobs read but not handed over stay with the chunk. */
         chunk_free(c);
     }
     queue_remote_unfollow(rm->q, rm->owner);
     free(rm);
+}
+
+/*
+ * Renews this run's lease on chunk c.  When another run follows it now
+ * (this one stalled), c is dropped here, its call aborted, the database
+ * left alone: 1.  A database failure is tried again soon.
+ */
+static int
+renew(struct chunk *c, int64_t now)
+{
+    struct remote *rm = c->rm;
+    int rc = queue_remote_follow(rm->q, c->id, rm->owner, now,
+                                 FOLLOW_LEASE_MS, NULL, NULL);
+
+    if (rc == NB_ELEASE || rc == NB_ENOTFOUND) {
+        log_warn("remote batch %s: another run follows it now; leaving it "
+                 "to that run", c->display);
+        if (c->xfer != NULL) {
+            http_abort(rm->http, c->xfer);
+            rm->inflight--;
+        }
+        chunk_forget(rm, c);
+        return 1;
+    }
+    c->follow_renew_ms = now + (rc == 0 ? FOLLOW_RENEW_MS : 1000);
+    return 0;
 }
 
 int64_t
@@ -1337,15 +1597,16 @@ remote_tick(struct remote *rm, int64_t now, int pack,
         made++;
     for (c = rm->chunks; c != NULL; c = next) {
         next = c->next;
-        if (now >= c->follow_renew_ms) {
-            c->follow_renew_ms = now + FOLLOW_RENEW_MS;
-            queue_remote_follow(rm->q, c->id, rm->owner, now,
-                                FOLLOW_LEASE_MS, NULL, NULL);
+        if (now >= c->follow_renew_ms && renew(c, now) != 0)
+            continue;
+        if (c->gone == GONE_FORGET && c->step == STEP_NONE) {
+            chunk_forget(rm, c);
+            continue;
         }
         if (c->step != STEP_NONE || rm->fatal != 0)
             continue;
         if (now >= c->next_ms)
-            advance(c, now, &room);
+            advance(c, &room);
         else if (c->next_ms - now < wait)
             wait = c->next_ms - now;
     }
@@ -1444,7 +1705,7 @@ find_chunk(const struct queue_remote *r, void *arg)
 static int
 find_remote(struct http *h, const char *display, char *name, size_t len)
 {
-    char token[256] = "", path[512], next[256];
+    char token[256] = "", path[1024], next[256];
     struct batchfmt_op op;
     int found = 0;
 
@@ -1455,8 +1716,8 @@ find_remote(struct http *h, const char *display, char *name, size_t len)
         char *body = NULL;
         size_t blen = 0;
 
-        snprintf(path, sizeof(path), "/v1beta/batches?pageSize=" LIST_PAGE
-                 "%s%s", token[0] ? "&pageToken=" : "", token);
+        memset(&hr, 0, sizeof(hr));
+        list_path(token, path, sizeof(path));
         if (http_fetch(h, &req, &hr, &body, &blen, SMALL_BODY_MAX) != 0 ||
             hr.http_status != 200) {
             free(body);
@@ -1475,53 +1736,122 @@ find_remote(struct http *h, const char *display, char *name, size_t len)
     return found;
 }
 
-/* Cancels one remote batch that no longer holds a job. */
+/* Whether remote batch name has ended (or is gone): 1, 0 when it runs,
+ * -1 when the API does not say. */
+static int
+remote_ended(struct http *h, const char *name)
+{
+    char path[256], *body = NULL;
+    struct http_request req = {.method = "GET", .path = path,
+                               .timeout_ms = 60 * 1000};
+    struct http_result hr;
+    struct answer_result res;
+    struct batchfmt_op op;
+    size_t blen = 0;
+    int rc = -1;
+
+    memset(&hr, 0, sizeof(hr));
+    snprintf(path, sizeof(path), "/v1beta/%s", name);
+    if (http_fetch(h, &req, &hr, &body, &blen, SMALL_BODY_MAX) == 0) {
+        if (hr.http_status == 200 && batchfmt_op(body, blen, &op) == 0)
+            rc = batchfmt_state_ended(op.state);
+        if (hr.http_status == 404) {
+            answer_classify_error(body != NULL ? body : "", blen, 404,
+                                  NULL, &res);
+            if (strcmp(res.api_status, "NOT_FOUND") == 0)
+                rc = 1;
+        }
+    }
+    free(body);
+    return rc;
+}
+
+/*
+ * Cancels remote batch name at the API: 0 once it runs no more (cancelled
+ * now, ended before, or gone), else NB_EHTTP with what to do in err.
+ */
+static int
+cancel_remote(struct http *h, const char *name, char *err, size_t errlen)
+{
+    char path[256], *body = NULL;
+    struct http_request req = {.method = "POST", .path = path,
+                               .timeout_ms = 60 * 1000};
+    struct http_result hr;
+    struct answer_result res;
+    size_t blen = 0;
+    int rc;
+
+    memset(&hr, 0, sizeof(hr));
+    snprintf(path, sizeof(path), "/v1beta/%s:cancel", name);
+    if ((req.body = strdup("{}")) != NULL)
+        req.body_len = 2;
+    rc = http_fetch(h, &req, &hr, &body, &blen, SMALL_BODY_MAX);
+    if (rc != 0) {
+        free(body);
+        snprintf(err, errlen, "cancelling remote batch %s: %s", name,
+                 hr.error[0] ? hr.error : "no answer");
+        return NB_EHTTP;
+    }
+    if (hr.http_status == 200) {
+        free(body);
+        return 0;
+    }
+    answer_classify_error(body != NULL ? body : "", blen, hr.http_status,
+                          NULL, &res);
+    free(body);
+    /* A refusal may say that it ended already (or is gone): ask. */
+    if ((hr.http_status == 404 && strcmp(res.api_status, "NOT_FOUND") == 0)
+        || remote_ended(h, name) == 1)
+        return 0;
+    snprintf(err, errlen, "cancelling remote batch %s: %s%s To fix: %s",
+             name, res.message, advice_stop(res.message),
+             advice_for(hr.http_status, res.reason, res.api_status));
+    return NB_EHTTP;
+}
+
+/* Cancels one remote batch that no longer holds a job, and ends it here
+ * only once it runs no more at the API. */
 static int
 cancel_one(struct cancel_pass *cp, int64_t id, char *err, size_t errlen)
 {
     struct one_chunk oc = {.id = id};
-    struct http_result hr;
-    char path[256], *body = NULL;
     int rc;
 
     if (queue_remote_list(cp->q, NULL, 1, find_chunk, &oc) != 0 ||
         oc.phase[0] == '\0')
         return 0;       /* ended meanwhile */
     if (oc.remote_name[0] == '\0' &&
-        strcmp(oc.phase, QUEUE_REMOTE_CREATING) == 0 && cp->http != NULL) {
-        rc = find_remote(cp->http, oc.display, oc.remote_name,
-                         sizeof(oc.remote_name));
-        if (rc < 0) {
+        strcmp(oc.phase, QUEUE_REMOTE_CREATING) == 0) {
+        /* A create may have been sent: it must be found, to be
+         * cancelled, before the chunk is ended. */
+        if (cp->http == NULL) {
+            snprintf(err, errlen, "remote batch %s may have been created, "
+                     "and it cannot be looked up without an API key",
+                     oc.display);
+            return NB_EHTTP;
+        }
+        if (find_remote(cp->http, oc.display, oc.remote_name,
+                        sizeof(oc.remote_name)) < 0) {
             snprintf(err, errlen, "cannot look up remote batch %s",
                      oc.display);
             return NB_EHTTP;
         }
     }
     if (oc.remote_name[0] != '\0') {
-        struct http_request req = {.method = "POST", .path = path,
-                                   .timeout_ms = 60 * 1000};
-
         if (cp->http == NULL) {
             snprintf(err, errlen, "remote batch %s cannot be cancelled "
                      "without an API key", oc.remote_name);
             return NB_EHTTP;
         }
-        snprintf(path, sizeof(path), "/v1beta/%s:cancel", oc.remote_name);
-        if ((req.body = strdup("{}")) != NULL)
-            req.body_len = 2;
-        rc = http_fetch(cp->http, &req, &hr, &body, NULL, SMALL_BODY_MAX);
-        free(body);
-        /* 400: it had ended already; 404: it is gone.  Either way it
-         * runs no more. */
-        if (rc != 0 || (hr.http_status != 200 && hr.http_status != 400 &&
-                        hr.http_status != 404)) {
-            snprintf(err, errlen, "cancelling remote batch %s: %s",
-                     oc.remote_name, rc != 0 ? hr.error : "refused");
-            return NB_EHTTP;
-        }
+        if ((rc = cancel_remote(cp->http, oc.remote_name, err,
+                                errlen)) != 0)
+            return rc;
     }
-    return queue_remote_end(cp->q, id, QUEUE_REMOTE_CANCELLED,
-                            "cancelled by the user", cli_now_ms(), NULL);
+    rc = queue_remote_end(cp->q, id, QUEUE_REMOTE_CANCELLED,
+                          "cancelled by the user", cli_now_ms(), NULL);
+    if (rc != 0)
+        snprintf(err, errlen, "%s", queue_errmsg(cp->q));
+    return rc;
 }
 
 int

@@ -72,6 +72,13 @@ int64_t remote_tick(struct remote *rm, int64_t now_ms, int pack,
 void remote_transfer_done(struct remote *rm, void *user,
                           const struct http_result *res);
 
+/*
+ * The run is done with job_id, a result it was given: recorded, or
+ * dropped (its chunk may then read that result again).  Until then the
+ * chunk never hands the same job out twice.  rm may be NULL.
+ */
+void remote_settled(struct remote *rm, int64_t job_id);
+
 /* Chunks this run follows that have not ended. */
 int remote_live(const struct remote *rm);
 /* Chunks with work to do here: not yet submitted, or with results to

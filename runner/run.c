@@ -225,6 +225,8 @@ slot_free(struct run *r, struct slot *s)
     if (s->next != NULL)
         s->next->prev = s->prev;
     r->nslots--;
+    if (s->remote)
+        remote_settled(r->remote, s->job->id);
     answer_free(s->answer);
     queue_job_free(s->job);
     free(s);
@@ -842,12 +844,20 @@ remote_result(void *arg, struct queue_job *job, struct answer *answer,
     struct slot *s;
 
     if (answer != NULL && preflight(r, job)) {
-        /* Written by an earlier run that died before recording it. */
+        /* Written by an earlier run that died before recording it (or
+         * blocked): nothing is paid for it here. */
+        struct answer_result none;
+
+        memset(&none, 0, sizeof(none));
+        gate_settle_remote(r->gate, job->batch_id, job->model, job->size,
+                           estimate, &none);
+        remote_settled(r->remote, job->id);
         answer_free(answer);
         queue_job_free(job);
         return;
     }
     if ((s = calloc(1, sizeof(*s))) == NULL) {
+        remote_settled(r->remote, job->id);
         answer_free(answer);
         queue_job_free(job);    /* stays with its chunk: read again */
         return;

@@ -102,6 +102,45 @@ test_deep_nesting(void **state)
     assert_int_equal(batchfmt_line(s, n, &l), NB_EINVAL);
 }
 
+/* google.rpc.Code values come out as their HTTP statuses. */
+static void
+test_error_rpc_codes(void **state)
+{
+    static const int map[][2] = {
+        {3, 400}, {4, 504}, {5, 404}, {7, 403}, {8, 429}, {9, 400},
+        {13, 500}, {14, 503}, {16, 401}, {429, 429}, {0, 0}, {17, 0},
+        {600, 0}, {-1, 0},
+    };
+    struct batchfmt_line l;
+    char s[96];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
+        snprintf(s, sizeof(s), "{\"key\":\"job-1\",\"error\":{\"code\":%d,"
+                 "\"message\":\"m\"}}", map[i][0]);
+        line_ok(s, &l);
+        assert_int_equal(l.kind, BATCHFMT_ERROR);
+        assert_int_equal(l.error_code, map[i][1]);
+    }
+}
+
+/* Escaped backslashes and quotes end strings where JSON says. */
+static void
+test_escapes(void **state)
+{
+    const char *s = "{\"response\":{\"a\":\"\\\\\",\"b\":\"x\\\"}\\\\\","
+                    "\"c\":\"\\\\\\\"\"},\"key\":\"job-\\\\2\"}";
+    struct batchfmt_line l;
+
+    (void)state;
+    line_ok(s, &l);
+    assert_string_equal(l.key, "job-\\2");
+    assert_int_equal(l.kind, BATCHFMT_RESPONSE);
+    assert_int_equal(s[l.value_off + l.value_len], ',');
+    s = "{\"key\":\"a\\\"}";
+    assert_int_equal(batchfmt_line(s, strlen(s), &l), NB_EINVAL);
+}
+
 static void
 test_states(void **state)
 {
@@ -170,6 +209,32 @@ test_op_done_file(void **state)
     assert_int_equal(op.state, BATCHFMT_FAILED);
     assert_string_equal(op.error, "boom");
     assert_int_equal(op.error_code, 500);
+}
+
+/* Done, with no state or one that is not final: it ended, failed. */
+static void
+test_op_done_no_state(void **state)
+{
+    const char *none = "{\"name\":\"batches/z\",\"done\":true}";
+    const char *odd = "{\"name\":\"batches/z\",\"done\":true,\"metadata\":"
+                      "{\"state\":\"BATCH_STATE_RUNNING\"}}";
+    const char *open = "{\"name\":\"batches/z\",\"metadata\":{\"state\":"
+                       "\"BATCH_STATE_SOMETHING\"}}";
+    const char *out = "{\"name\":\"batches/z\",\"done\":true,\"response\":"
+                      "{\"responsesFile\":\"files/r\"}}";
+    struct batchfmt_op op;
+
+    (void)state;
+    assert_int_equal(batchfmt_op(none, strlen(none), &op), 0);
+    assert_int_equal(op.state, BATCHFMT_FAILED);
+    assert_int_equal(batchfmt_op(odd, strlen(odd), &op), 0);
+    assert_int_equal(op.state, BATCHFMT_FAILED);
+    assert_int_equal(batchfmt_op(open, strlen(open), &op), 0);
+    assert_int_equal(op.state, BATCHFMT_UNKNOWN);
+    /* Its output there and no error: it succeeded, whatever it says. */
+    assert_int_equal(batchfmt_op(out, strlen(out), &op), 0);
+    assert_int_equal(op.state, BATCHFMT_SUCCEEDED);
+    assert_string_equal(op.responses_file, "files/r");
 }
 
 static void
@@ -245,9 +310,12 @@ main(void)
         cmocka_unit_test(test_metadata_key),
         cmocka_unit_test(test_bad_lines),
         cmocka_unit_test(test_deep_nesting),
+        cmocka_unit_test(test_error_rpc_codes),
+        cmocka_unit_test(test_escapes),
         cmocka_unit_test(test_states),
         cmocka_unit_test(test_op_pending),
         cmocka_unit_test(test_op_done_file),
+        cmocka_unit_test(test_op_done_no_state),
         cmocka_unit_test(test_op_bad),
         cmocka_unit_test(test_find),
         cmocka_unit_test(test_file_name),

@@ -1502,6 +1502,16 @@ test_remote_chunk_life(void **state)
     assert_int_equal(n, 0);
     assert_int_equal(queue_remote_list(fx->q, "b1", 0, chunk_cb, &cs), 0);
     assert_string_equal(cs.phase, "resubmitted");
+    /* A step under way when it ended cannot bring it back. */
+    u.phase = QUEUE_REMOTE_SUBMITTED;
+    u.remote_name = "batches/late";
+    assert_int_equal(queue_remote_update(fx->q, rid, &u, T0 + 4),
+                     NB_ESTATE);
+    assert_int_equal(queue_remote_list(fx->q, "b1", 0, chunk_cb, &cs), 0);
+    assert_string_equal(cs.phase, "resubmitted");
+    assert_string_equal(cs.remote_name, "batches/abc");
+    assert_int_equal(queue_remote_update(fx->q, 99, &u, T0 + 4),
+                     NB_ENOTFOUND);
     assert_int_equal(sql_int(fx->path, "SELECT CAST(round(spent_usd *"
                              " 10000) AS INTEGER) FROM batches"), 195);
 }
@@ -1558,9 +1568,12 @@ test_remote_follow(void **state)
     int64_t ids[8], rid = 0;
 
     add_range(fx->q, 1, 1, &batchy);
-    claim_ids(fx->q, "run", T0, &f, 1, ids);
-    assert_int_equal(queue_remote_create(fx->q, "run", 1, "m-a", "nb-1",
+    claim_ids(fx->q, "A", T0, &f, 1, ids);
+    assert_int_equal(queue_remote_create(fx->q, "A", 1, "m-a", "nb-1",
                                          ids, 1, T0, &rid), 0);
+    /* Its maker follows it from the start: no other run adopts it. */
+    assert_int_equal(queue_remote_follow(fx->q, rid, "B", T0, 1000,
+                                         always_alive, NULL), NB_ELEASE);
     assert_int_equal(queue_remote_follow(fx->q, rid, "A", T0, 1000,
                                          always_alive, NULL), 0);
     assert_int_equal(queue_remote_follow(fx->q, rid, "B", T0 + 10, 1000,

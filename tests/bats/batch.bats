@@ -169,6 +169,78 @@ batch.run_ms = 60000"
     [ "$(db_state_count cancelled)" -eq 8 ]
 }
 
+@test "batch: a cancel refused for a bad key keeps the remote batch" {
+    start_sim "batch.pending_ms = 200
+batch.run_ms = 60000"
+    prompts 8 "kept" > p.txt
+    "$NBBATCH" add --via batch --batch gone --out "$WORK/out" p.txt
+    run "$NBBATCH" run $RUN_OPTS --detach
+    [ "$status" -eq 75 ]
+    GEMINI_API_KEY=wrong-key run "$NBBATCH" cancel --batch gone
+    echo "$output"
+    [ "$status" -ne 0 ]
+    echo "$output" | grep -q 'To fix'
+    ! echo "$output" | grep -q 'cancelled 1 remote batch'
+    [ "$(sim_count '"kind":"batch_cancel"')" -eq 0 ]
+    "$NBBATCH" status | grep -q ' submitted '
+    # With the right key, the same command cancels it there, then here.
+    run "$NBBATCH" cancel --batch gone
+    echo "$output"
+    [ "$status" -eq 0 ]
+    echo "$output" | grep -q 'cancelled 1 remote batch'
+    [ "$(sim_count '"kind":"batch_cancel"')" -eq 1 ]
+    "$NBBATCH" status | grep -q ' cancelled '
+}
+
+@test "batch: a chunk maybe created is not ended by a cancel without a key" {
+    command -v sqlite3 >/dev/null || skip "no sqlite3 command"
+    start_sim "batch.pending_ms = 200
+batch.run_ms = 60000"
+    prompts 4 "maybe made" > p.txt
+    "$NBBATCH" add --via batch --batch gone --out "$WORK/out" p.txt
+    run "$NBBATCH" run $RUN_OPTS --detach
+    [ "$status" -eq 75 ]
+    # As after a create that got no answer.
+    sqlite3 "$NBBATCH_DB" "UPDATE remote_batches SET phase = 'creating',
+        remote_name = NULL"
+    run env -u GEMINI_API_KEY "$NBBATCH" cancel --batch gone
+    echo "$output"
+    [ "$status" -ne 0 ]
+    echo "$output" | grep -q 'cannot be looked up without an API key'
+    "$NBBATCH" status | grep -q ' creating '
+    # With the key it is found by its display name and cancelled.
+    run "$NBBATCH" cancel --batch gone
+    echo "$output"
+    [ "$status" -eq 0 ]
+    [ "$(sim_count '"kind":"batch_cancel"')" -eq 1 ]
+    "$NBBATCH" status | grep -q ' cancelled '
+}
+
+@test "batch: a chunk cancelled during its upload is not created after" {
+    start_sim "$FAST"
+    prompts 6 "cancelled in flight" > p.txt
+    "$NBBATCH" add --via batch --batch gone --out "$WORK/out" p.txt
+    # The simulator stopped: the upload stays on the wire.
+    kill -STOP "$SIM_PID"
+    "$NBBATCH" run $RUN_OPTS > run.out 2>&1 &
+    run_pid=$!
+    i=0
+    until "$NBBATCH" status | grep -q ' new '; do
+        i=$((i + 1))
+        [ "$i" -lt 100 ] || { kill -CONT "$SIM_PID"; false; }
+        sleep 0.1
+    done
+    run "$NBBATCH" cancel --batch gone
+    echo "$output"
+    [ "$status" -eq 0 ]
+    kill -CONT "$SIM_PID"
+    wait "$run_pid" || :
+    cat run.out
+    [ "$(creates)" -eq 0 ]
+    "$NBBATCH" status | grep -q ' cancelled '
+    [ "$(db_state_count cancelled)" -eq 6 ]
+}
+
 @test "batch: a bad key stops with exit 78 and every job stays queued" {
     start_sim "$FAST"
     prompts 5 "bad key" > p.txt
