@@ -603,3 +603,10 @@ gate_settle_remote(struct gate *g, int64_t batch_id, const char *model,
     batch_settle(g, batch_id, estimate_usd, cost);
     return cost;
 }
+
+void
+gate_release_remote(struct gate *g, int64_t batch_id, double estimate_usd)
+{
+    sched_budget_settle(&g->budget, estimate_usd, 0);
+    batch_settle(g, batch_id, estimate_usd, 0);
+}

@@ -100,6 +100,10 @@ int gate_reserve_remote(struct gate *g, const struct queue_job *job,
 double gate_settle_remote(struct gate *g, int64_t batch_id, const char *model,
                           const char *size, double estimate_usd,
                           const struct answer_result *r);
+/* Batch mode: gives back the reservation of estimate_usd for a job whose
+ * result this run will not record (nothing is paid for it here). */
+void gate_release_remote(struct gate *g, int64_t batch_id,
+                         double estimate_usd);
 
 /* Whether a request was refused by a budget: 0 no, 1 the run's
  * (--budget), 2 its batch's (`nbbatch add --budget`); and what this run

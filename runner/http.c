@@ -597,3 +597,20 @@ http_fetch(struct http *h, struct http_request *req, struct http_result *r,
         *len = buf.len;
     return r->transport_error ? NB_EHTTP : 0;
 }
+
+int
+http_escape(const char *s, char *out, size_t len)
+{
+    char *e = curl_easy_escape(NULL, s, 0);
+    size_t n;
+    int rc = 0;
+
+    if (e == NULL)
+        return NB_ENOMEM;
+    if ((n = strlen(e)) < len)
+        memcpy(out, e, n + 1);
+    else
+        rc = NB_EINVAL;
+    curl_free(e);
+    return rc;
+}

@@ -116,4 +116,8 @@ int http_inflight(const struct http *h);
 int http_fetch(struct http *h, struct http_request *req,
                struct http_result *r, char **body, size_t *len, size_t max);
 
+/* s percent-encoded for a URL (all but A-Z a-z 0-9 - . _ ~) into out:
+ * NB_ENOMEM, or NB_EINVAL when it does not fit in len. */
+int http_escape(const char *s, char *out, size_t len);
+
 #endif

@@ -186,12 +186,8 @@ chunk_find(struct remote *rm, int64_t id)
 static void
 release_reserved(struct chunk *c)
 {
-    struct answer_result none;
-
-    memset(&none, 0, sizeof(none));     /* no answer: costs nothing */
     for (; c->reserved > 0; c->reserved--)
-        gate_settle_remote(c->rm->gate, c->batch_id, c->model, NULL,
-                           c->estimate, &none);
+        gate_release_remote(c->rm->gate, c->batch_id, c->estimate);
 }
 
 /* Hands job to the run, which settles its reservation. */
@@ -762,27 +758,18 @@ create(struct chunk *c)
 }
 
 /* The list's path for the page after token ("": the first page), the
- * token percent-encoded: it comes from the server. */
-static void
+ * token percent-encoded: it comes from the server.  Nonzero when it
+ * cannot be encoded. */
+static int
 list_path(const char *token, char *path, size_t len)
 {
-    static const char hex[] = "0123456789ABCDEF";
-    size_t n = (size_t)snprintf(path, len, "/v1beta/batches?pageSize="
-                                LIST_PAGE "%s", token[0] ? "&pageToken="
-                                                         : "");
+    char enc[3 * 256];
 
-    for (const unsigned char *p = (const unsigned char *)token;
-         *p != '\0' && n + 4 < len; p++) {
-        if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
-            (*p >= '0' && *p <= '9') || strchr("-._~", *p) != NULL) {
-            path[n++] = (char)*p;
-        } else {
-            path[n++] = '%';
-            path[n++] = hex[*p >> 4];
-            path[n++] = hex[*p & 15];
-        }
-    }
-    path[n] = '\0';
+    if (token[0] != '\0' && http_escape(token, enc, sizeof(enc)) != 0)
+        return -1;
+    snprintf(path, len, "/v1beta/batches?pageSize=" LIST_PAGE "%s%s",
+             token[0] ? "&pageToken=" : "", token[0] ? enc : "");
+    return 0;
 }
 
 static void
@@ -790,7 +777,10 @@ lookup(struct chunk *c)
 {
     char path[1024];
 
-    list_path(c->page_token, path, sizeof(path));
+    if (list_path(c->page_token, path, sizeof(path)) != 0) {
+        c->next_ms = cli_now_ms() + 5000;
+        return;
+    }
     start(c, STEP_LOOKUP, "GET", path, NULL, 0, NULL);
 }
 
@@ -1199,15 +1189,21 @@ keep_error_body(struct chunk *c)
 /* A 404 that says what was asked for is gone (NOT_FOUND), not one from a
  * proxy or an HTML page (a failure like any other, taken again). */
 static int
-not_found(const struct chunk *c, const struct http_result *hr)
+gone_404(const char *body, size_t len, int http_status)
 {
     struct answer_result res;
 
-    if (hr->http_status != 404 || hr->transport_error)
+    if (http_status != 404)
         return 0;
-    answer_classify_error(c->body != NULL ? c->body : "", c->body_len, 404,
-                          NULL, &res);
+    answer_classify_error(body != NULL ? body : "", len, 404, NULL, &res);
     return strcmp(res.api_status, "NOT_FOUND") == 0;
+}
+
+static int
+not_found(const struct chunk *c, const struct http_result *hr)
+{
+    return !hr->transport_error &&
+           gone_404(c->body, c->body_len, hr->http_status);
 }
 
 /* The answer to the cancel of a batch made for a chunk that had ended. */
@@ -1439,17 +1435,13 @@ pack_one(struct remote *rm, const struct queue_filter *filter)
         if (queue_remote_create(rm->q, rm->owner, jobs[0]->batch_id,
                                 jobs[0]->model, name, ids, k, cli_now_ms(),
                                 &id) != 0) {
-            struct answer_result none;
-
             log_error("cannot record a remote batch: %s",
                       queue_errmsg(rm->q));
-            memset(&none, 0, sizeof(none));
             for (size_t i = 0; i < n; i++) {
                 if (jobs[i]->id > 0)
                     continue;
                 jobs[i]->id = -jobs[i]->id;
-                gate_settle_remote(rm->gate, jobs[i]->batch_id,
-                                   jobs[i]->model, NULL, est, &none);
+                gate_release_remote(rm->gate, jobs[i]->batch_id, est);
             }
         } else {
             struct queue_remote r = {
@@ -1717,7 +1709,8 @@ find_remote(struct http *h, const char *display, char *name, size_t len)
         size_t blen = 0;
 
         memset(&hr, 0, sizeof(hr));
-        list_path(token, path, sizeof(path));
+        if (list_path(token, path, sizeof(path)) != 0)
+            return -1;
         if (http_fetch(h, &req, &hr, &body, &blen, SMALL_BODY_MAX) != 0 ||
             hr.http_status != 200) {
             free(body);
@@ -1745,7 +1738,6 @@ remote_ended(struct http *h, const char *name)
     struct http_request req = {.method = "GET", .path = path,
                                .timeout_ms = 60 * 1000};
     struct http_result hr;
-    struct answer_result res;
     struct batchfmt_op op;
     size_t blen = 0;
     int rc = -1;
@@ -1755,12 +1747,8 @@ remote_ended(struct http *h, const char *name)
     if (http_fetch(h, &req, &hr, &body, &blen, SMALL_BODY_MAX) == 0) {
         if (hr.http_status == 200 && batchfmt_op(body, blen, &op) == 0)
             rc = batchfmt_state_ended(op.state);
-        if (hr.http_status == 404) {
-            answer_classify_error(body != NULL ? body : "", blen, 404,
-                                  NULL, &res);
-            if (strcmp(res.api_status, "NOT_FOUND") == 0)
-                rc = 1;
-        }
+        if (gone_404(body, blen, hr.http_status))
+            rc = 1;
     }
     free(body);
     return rc;

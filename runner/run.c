@@ -846,11 +846,7 @@ remote_result(void *arg, struct queue_job *job, struct answer *answer,
     if (answer != NULL && preflight(r, job)) {
         /* Written by an earlier run that died before recording it (or
          * blocked): nothing is paid for it here. */
-        struct answer_result none;
-
-        memset(&none, 0, sizeof(none));
-        gate_settle_remote(r->gate, job->batch_id, job->model, job->size,
-                           estimate, &none);
+        gate_release_remote(r->gate, job->batch_id, estimate);
         remote_settled(r->remote, job->id);
         answer_free(answer);
         queue_job_free(job);
